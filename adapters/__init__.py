@@ -1,0 +1,1 @@
+"""Parameter-efficient adaptation of the shared encoder (LoRA via peft) and few-shot fitting."""

@@ -1,0 +1,1 @@
+"""Metrics (pure functions on arrays/tensors) and benchmarks reached by registry name."""

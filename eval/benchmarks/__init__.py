@@ -1,0 +1,1 @@
+"""Benchmarks run by ``radfm bench NAME``; each module exposes ``run(args) -> BenchResult``."""

@@ -1,0 +1,1 @@
+"""Model definitions of the core: the shared encoder and the vision-language bridge."""

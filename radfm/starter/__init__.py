@@ -1,0 +1,1 @@
+"""Starter weights shipped inside the package (safetensors) with their model cards."""

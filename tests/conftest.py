@@ -1,0 +1,36 @@
+"""Shared fixtures. Real data lives in ../shared/data and is never copied into the project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path | None:
+    candidates = [os.environ.get("RADFM_SHARED_DATA", ""), str(REPO.parent / "shared" / "data")]
+    for c in candidates:
+        if c and Path(c, "MANIFEST.md").is_file():
+            return Path(c)
+    return None
+
+
+SHARED = _shared_data_dir()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of ../shared/data (real CT/MRI/DICOM/reports); skips the test when absent."""
+    if SHARED is None:
+        pytest.skip("real test data not found: set RADFM_SHARED_DATA or place it at ../shared/data")
+    return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads() -> None:
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
