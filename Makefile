@@ -1,0 +1,30 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv on first use.
+# torch is pinned in the same pip command as everything else (constraints-cpu.txt) so that no
+# dependency swaps the CPU build for a multi-GB CUDA one; see docs/install.md.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint clean
+
+$(BIN)/.radfm-installed: pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -c constraints-cpu.txt "torch==2.13.0" -e ".[dev,serve]"
+	touch $@
+
+install: $(BIN)/.radfm-installed
+
+demo: install
+	$(BIN)/radfm demo --out radfm-demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) radfm-demo .pytest_cache .ruff_cache .import_linter_cache

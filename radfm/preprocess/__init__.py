@@ -1,0 +1,5 @@
+"""A model's input recipe (the plan) and the one function that applies it and maps back."""
+
+from radfm.preprocess.plan import PLAN_FILENAME, PreparedInput, PreprocessPlan, apply_plan, restore_to_input
+
+__all__ = ["PLAN_FILENAME", "PreparedInput", "PreprocessPlan", "apply_plan", "restore_to_input"]

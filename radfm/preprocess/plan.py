@@ -1,0 +1,164 @@
+"""The preprocessing plan: how a model wants its input, saved next to its weights.
+
+Why a plan file: a checkpoint that does not say which spacing, window and normalisation it
+was trained with will be fed the wrong input sooner or later (nnU-Net's lesson). The plan is
+a small dataclass written as ``preprocess_plan.json`` beside the weights; ``apply_plan`` is
+the only function that turns a ``Volume`` into model input, and ``restore_to_input`` the only
+one that maps model output back onto the volume's canonical grid (then ``radfm.io.save_like``
+writes it in the file's own space).
+
+Model input order is ``(C, D, H, W)`` = canonical ``(Z, Y, X)`` (see
+``radfm.data.patches.canonical_to_model``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from radfm.config import from_dict, to_dict
+from radfm.data.patches import canonical_to_model, model_to_canonical
+from radfm.errors import ConfigError, InputError
+from radfm.io.volume import Volume
+
+PLAN_FILENAME = "preprocess_plan.json"
+
+
+@dataclass
+class PreprocessPlan:
+    """Input recipe of a model.
+
+    Attributes:
+        modality: what the model was trained on ("CT", "MR" or "any").
+        target_spacing: voxel size in mm along canonical (X, Y, Z); ``None`` keeps the input's.
+        normalization: "ct_window" clips HU to ``ct_window`` and scales it to [-1, 1];
+            "zscore" subtracts the mean and divides by the std of voxels above the
+            ``foreground_percentile`` (MR: arbitrary units, body only); "percentile" maps
+            the p0.5..p99.5 range to [-1, 1] (any modality).
+        ct_window: (low, high) HU for "ct_window".
+        foreground_percentile: voxels above this percentile define the body for "zscore".
+        patch_size: model patch in (D, H, W) voxels after resampling; inputs are padded to a
+            multiple of ``pad_multiple`` (the encoder's patch size) before inference.
+        pad_multiple: (D, H, W) multiple the model needs (its token patch size).
+    """
+
+    modality: str = "any"
+    target_spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5)
+    normalization: Literal["ct_window", "zscore", "percentile"] = "percentile"
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    foreground_percentile: float = 20.0
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    pad_multiple: tuple[int, int, int] = (8, 8, 8)
+    version: int = 1
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / PLAN_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(to_dict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> PreprocessPlan:
+        path = Path(directory) / PLAN_FILENAME
+        if not path.is_file():
+            raise ConfigError(
+                f"{directory} has no {PLAN_FILENAME}.",
+                "A radfm model directory must carry the plan it was trained with; re-save the model "
+                "with radfm, or write the plan with PreprocessPlan(...).save(dir).",
+            )
+        return from_dict(cls, json.loads(path.read_text()))
+
+
+@dataclass
+class PreparedInput:
+    """Model input and what is needed to map results back.
+
+    Attributes:
+        tensor: ``(C, D, H, W)`` float32, normalised, resampled, padded to ``pad_multiple``.
+        canonical_shape: spatial shape of the volume's canonical array (X, Y, Z).
+        resampled_shape: (D, H, W) after resampling, before padding.
+        pad: (D, H, W) voxels of padding added at the end of each axis.
+        spacing_dhw: voxel size in mm of the tensor along (D, H, W).
+    """
+
+    tensor: torch.Tensor
+    canonical_shape: tuple[int, int, int]
+    resampled_shape: tuple[int, int, int]
+    pad: tuple[int, int, int]
+    spacing_dhw: tuple[float, float, float]
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """Crop the trailing padding from ``(..., D, H, W)``."""
+        d, h, w = self.resampled_shape
+        return x[..., :d, :h, :w]
+
+
+def normalize_intensity(array: np.ndarray, plan: PreprocessPlan) -> np.ndarray:
+    """Map raw intensities (HU for CT) to the model's range; ``array`` is (X, Y, Z[, C])."""
+    a = array.astype(np.float32, copy=False)
+    if plan.normalization == "ct_window":
+        lo, hi = plan.ct_window
+        return (np.clip(a, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0
+    chans = a[..., None] if a.ndim == 3 else a
+    out = np.empty_like(chans)
+    for c in range(chans.shape[-1]):
+        x = chans[..., c]
+        if plan.normalization == "zscore":
+            body = x[x > np.percentile(x, plan.foreground_percentile)]
+            body = body if body.size > 16 else x.ravel()
+            out[..., c] = (x - body.mean()) / max(float(body.std()), 1e-6)
+        else:
+            lo, hi = np.percentile(x, [0.5, 99.5])
+            out[..., c] = (np.clip(x, lo, hi) - lo) / max(float(hi - lo), 1e-6) * 2.0 - 1.0
+    return out[..., 0] if a.ndim == 3 else out
+
+
+def apply_plan(volume: Volume, plan: PreprocessPlan) -> PreparedInput:
+    """Volume (canonical) → model tensor ``(C, D, H, W)`` following ``plan``."""
+    if plan.modality not in ("any", volume.modality) and volume.modality != "unknown":
+        raise InputError(
+            f"this model was trained on {plan.modality} but the image is {volume.modality}.",
+            "Use a model for this modality, or declare the modality if it was detected wrongly.",
+        )
+    norm = normalize_intensity(volume.array, plan)
+    chans = norm[..., None] if norm.ndim == 3 else norm
+    t = torch.from_numpy(np.ascontiguousarray(canonical_to_model(np.moveaxis(chans, -1, 0))))
+    spacing_dhw = tuple(reversed(volume.spacing))
+    if plan.target_spacing is not None:
+        target_dhw = tuple(reversed(plan.target_spacing))
+        size = tuple(max(1, round(n * s / t_)) for n, s, t_ in zip(t.shape[1:], spacing_dhw, target_dhw))
+        if size != tuple(t.shape[1:]):
+            t = F.interpolate(t[None], size=size, mode="trilinear", align_corners=False)[0]
+        spacing_dhw = tuple(n * s / m for n, s, m in zip(norm.shape[:3][::-1], spacing_dhw, size))
+    resampled = tuple(int(n) for n in t.shape[1:])
+    pad = tuple((-n) % m for n, m in zip(resampled, plan.pad_multiple))
+    if any(pad):
+        t = F.pad(t, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
+    return PreparedInput(tensor=t.contiguous().float(), canonical_shape=volume.shape,
+                         resampled_shape=resampled, pad=pad, spacing_dhw=spacing_dhw)
+
+
+def restore_to_input(output: torch.Tensor, prepared: PreparedInput, *, kind: Literal["label", "continuous"]) -> np.ndarray:
+    """Model output ``(K, D, H, W)`` (padded grid) → canonical array on the volume's grid.
+
+    ``kind="label"``: ``output`` holds per-class scores/logits/probabilities (K ≥ 2) or one
+    foreground logit (K = 1); they are resampled linearly and then argmax'd / thresholded at
+    0, which is smoother than resampling the hard labels. ``kind="continuous"``: images or
+    fields, resampled linearly, returned as (X, Y, Z, K) or (X, Y, Z) when K = 1.
+    """
+    x = prepared.unpad(output.float())
+    target = tuple(reversed(prepared.canonical_shape))
+    if tuple(x.shape[1:]) != target:
+        x = F.interpolate(x[None], size=target, mode="trilinear", align_corners=False)[0]
+    if kind == "label":
+        lab = (x[0] > 0).to(torch.uint8) if x.shape[0] == 1 else x.argmax(0).to(torch.uint8)
+        return model_to_canonical(lab.numpy())
+    arr = np.stack([model_to_canonical(c) for c in x.numpy()], axis=-1)
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
