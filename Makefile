@@ -21,7 +21,6 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -54,7 +54,11 @@ __all__ = [
 def _np(x: ArrayLike) -> np.ndarray:
     """A numpy view of an array or (possibly CUDA / grad-tracking) torch tensor."""
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        try:
+            x = x.numpy()
+        except TypeError:  # bfloat16 (autocast outputs) has no numpy dtype
+            x = x.float().numpy()
     return np.asarray(x)
 
 
@@ -123,7 +127,8 @@ def _monai_surface(kind: str, p: np.ndarray, t: np.ndarray, spacing: tuple[float
 
 
 # --------------------------------------------------------------------------- overlap / surface
-def dice(pred: ArrayLike, target: ArrayLike, *, labels: Sequence[int] | None = None) -> float | dict[int, float]:
+def dice(pred: ArrayLike, target: ArrayLike, *,
+         labels: Sequence[int] | None = None) -> float | dict[int, float]:
     """Dice overlap ``2|P∩T| / (|P| + |T|)`` of two label maps.
 
     Args:
@@ -144,7 +149,7 @@ def dice(pred: ArrayLike, target: ArrayLike, *, labels: Sequence[int] | None = N
     return _per_label(out)
 
 
-def hd95(pred: ArrayLike, target: ArrayLike, *, spacing: float | Sequence[float] = (1.0, 1.0, 1.0),
+def hd95(pred: ArrayLike, target: ArrayLike, *, spacing: float | Sequence[float] = 1.0,
          labels: Sequence[int] | None = None, empty_value: float = float("nan")) -> float | dict[int, float]:
     """Symmetric 95th-percentile Hausdorff distance between mask boundaries, in mm.
 
@@ -172,9 +177,9 @@ def hd95(pred: ArrayLike, target: ArrayLike, *, spacing: float | Sequence[float]
 
 
 def surface_dice(pred: ArrayLike, target: ArrayLike, *, tolerance_mm: float,
-                 spacing: float | Sequence[float] = (1.0, 1.0, 1.0),
+                 spacing: float | Sequence[float] = 1.0,
                  labels: Sequence[int] | None = None) -> float | dict[int, float]:
-    """Normalised surface Dice (NSD): fraction of boundary voxels within ``tolerance_mm`` of the other boundary.
+    """Normalised surface Dice (NSD): share of boundary voxels within ``tolerance_mm`` of the other boundary.
 
     Args:
         pred, target: ``(*spatial)`` label maps, same shape.
@@ -203,7 +208,7 @@ def surface_dice(pred: ArrayLike, target: ArrayLike, *, tolerance_mm: float,
 
 
 # --------------------------------------------------------------------------- deformation fields
-def jacobian_determinant(field: ArrayLike, *, spacing: float | Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def jacobian_determinant(field: ArrayLike, *, spacing: float | Sequence[float] = 1.0) -> np.ndarray:
     """Voxel-wise determinant of the Jacobian of ``φ(x) = x + u(x)``.
 
     Args:
@@ -234,7 +239,7 @@ def jacobian_determinant(field: ArrayLike, *, spacing: float | Sequence[float] =
             + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0]))
 
 
-def folding_fraction(field: ArrayLike, spacing: float | Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+def folding_fraction(field: ArrayLike, spacing: float | Sequence[float] = 1.0) -> float:
     """Fraction (0–1) of voxels where ``det(I + ∇u) ≤ 0``, i.e. where the deformation folds.
 
     ``field`` and ``spacing`` as in :func:`jacobian_determinant`. Registration papers report this
@@ -244,7 +249,7 @@ def folding_fraction(field: ArrayLike, spacing: float | Sequence[float] = (1.0, 
     return float(np.count_nonzero(det <= 0) / det.size)
 
 
-def jacobian_stats(field: ArrayLike, spacing: float | Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, float]:
+def jacobian_stats(field: ArrayLike, spacing: float | Sequence[float] = 1.0) -> dict[str, float]:
     """Summary of the Jacobian determinant: ``mean, std, min, max`` and ``folding_percent`` (0–100).
 
     ``field`` and ``spacing`` as in :func:`jacobian_determinant`. Also reports ``std_log`` of
@@ -270,7 +275,8 @@ def _float_pair(pred: ArrayLike, target: ArrayLike) -> tuple[np.ndarray, np.ndar
 
 def _check_range(data_range: float) -> float:
     if not (data_range > 0 and math.isfinite(data_range)):
-        raise ValueError(f"data_range must be positive and finite (e.g. 4095 for 12-bit CT), got {data_range}")
+        raise ValueError(f"data_range must be positive and finite (e.g. 4095 for 12-bit CT), "
+                         f"got {data_range}")
     return float(data_range)
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 _PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
 
@@ -57,7 +57,7 @@ def save_overlay(
     """
     if center is None:
         if mask is not None and mask.any():
-            center = [int(round(c)) for c in np.argwhere(mask).mean(0)]
+            center = [round(c) for c in np.argwhere(mask).mean(0)]
         else:
             center = [s // 2 for s in image.shape[:3]]
     vmin, vmax = window_for(image, modality)
@@ -77,7 +77,7 @@ def save_overlay(
                 ax.imshow(rgba, aspect=aspects[plane], interpolation="nearest")
                 ax.contour(m > 0, levels=[0.5], colors="yellow", linewidths=0.6)
         for p, positive in points:
-            if int(round(p[_PLANES[plane]])) != idx:
+            if round(float(p[_PLANES[plane]])) != idx:
                 continue
             r, c = _display_rc(p, plane, image.shape[:3])
             ax.plot(c, r, marker="*", markersize=13, color="lime" if positive else "red", markeredgecolor="k")

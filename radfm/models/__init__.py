@@ -1,1 +1,32 @@
 """Model definitions of the core: the shared encoder and the vision-language bridge."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModel
+
+from radfm.models.encoder import (
+    RadFMEncoder,
+    RadFMEncoderOutput,
+    expand_input_channels,
+    pad_to_patch_multiple,
+    random_keep_indices,
+)
+from radfm.models.encoder_config import ENCODER_PRESETS, MODALITY_IDS, RadFMEncoderConfig
+from radfm.models.pos_embed import interpolate_pos_table, sincos_pos_embed_3d
+
+# So that AutoConfig / AutoModel (and composite configs naming model_type "radfm_encoder") find it.
+AutoConfig.register(RadFMEncoderConfig.model_type, RadFMEncoderConfig, exist_ok=True)
+AutoModel.register(RadFMEncoderConfig, RadFMEncoder, exist_ok=True)
+
+__all__ = [
+    "ENCODER_PRESETS",
+    "MODALITY_IDS",
+    "RadFMEncoder",
+    "RadFMEncoderConfig",
+    "RadFMEncoderOutput",
+    "expand_input_channels",
+    "interpolate_pos_table",
+    "pad_to_patch_multiple",
+    "random_keep_indices",
+    "sincos_pos_embed_3d",
+]

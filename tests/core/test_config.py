@@ -41,9 +41,9 @@ def test_unknown_key_names_valid_ones(tmp_path):
 
 
 def test_type_errors_and_no_code_execution(tmp_path):
-    with pytest.raises(ConfigError, match="optim.steps"):
+    with pytest.raises(ConfigError, match=r"optim\.steps"):
         load_config(Recipe, None, ["optim.steps=many"])
-    with pytest.raises(ConfigError, match="needs 3 values"):
+    with pytest.raises(ConfigError, match=r"needs 3 values"):
         load_config(Recipe, None, ["patch=[1,2]"])
     p = tmp_path / "evil.yaml"
     p.write_text("name: !!python/object/apply:os.system ['echo hi']\n")

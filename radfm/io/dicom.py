@@ -1,0 +1,406 @@
+"""DICOM reading: series folders and single (also enhanced multi-frame) files, via pydicom.
+
+Why pydicom and not SimpleITK's series reader: we need the slice order, the per-slice
+rescale and the header whitelist under our own control, and the error that lists several
+series must show only non-identifying facts.
+
+Privacy rule: nothing read from a DICOM header leaves this module except the whitelisted
+tags in :data:`SAFE_TAGS` and the geometry. Patient name/ID/birth date, UIDs, dates,
+institution and operator names are never put into ``meta``, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from radfm.errors import InputError
+from radfm.io.coords import LPS_TO_RAS
+
+log = logging.getLogger(__name__)
+
+#: DICOM keyword → meta key. Only these header values may be copied into ``Volume.meta``.
+SAFE_TAGS: dict[str, str] = {
+    "Modality": "dicom_modality",
+    "SeriesNumber": "series_number",
+    "SeriesDescription": "series_description",
+    "Manufacturer": "manufacturer",
+    "ManufacturerModelName": "manufacturer_model",
+    "SliceThickness": "slice_thickness",
+    "BodyPartExamined": "body_part",
+    "MagneticFieldStrength": "field_strength_t",
+    "KVP": "kvp",
+    "ConvolutionKernel": "convolution_kernel",
+    "PhotometricInterpretation": "photometric_interpretation",
+}
+
+
+def safe_meta(ds: Dataset) -> dict[str, Any]:
+    """Whitelisted, non-identifying header facts as plain Python values (empty ones dropped)."""
+    out: dict[str, Any] = {}
+    for keyword, key in SAFE_TAGS.items():
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        out[key] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """pydicom value (DS, IS, MultiValue, PersonName…) → str/int/float/list."""
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, pydicom.valuerep.IS | int):
+        return int(value)
+    if isinstance(value, pydicom.valuerep.DSfloat | pydicom.valuerep.DSdecimal | float):
+        return float(value)
+    return str(value)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when the file carries the DICOM Part 10 preamble ("DICM" at byte 128)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------- geometry
+
+
+@dataclass
+class DicomPixels:
+    """Voxels and geometry read from DICOM, before canonical reorientation.
+
+    Attributes:
+        array: ``(columns, rows, slices)`` (native index order), values after rescale.
+        affine: 4×4 native index → world RAS+ mm.
+        meta: whitelisted facts plus reader notes (never patient data).
+        modality: the header's Modality value ("" when absent).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    meta: dict[str, Any]
+    modality: str
+
+
+def _vec(values: Any) -> np.ndarray | None:
+    if values is None:
+        return None
+    try:
+        arr = np.asarray([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return arr if np.all(np.isfinite(arr)) else None
+
+
+def _in_plane(ds: Dataset, frame: Dataset | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(ImageOrientationPatient as 6 floats, PixelSpacing as 2 floats), functional groups first."""
+    iop = _fg_value(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
+    spacing = _fg_value(ds, frame, "PixelMeasuresSequence", "PixelSpacing")
+    return _vec(iop), _vec(spacing)
+
+
+def _fg_value(ds: Dataset, frame: Dataset | None, sequence: str, keyword: str) -> Any:
+    """A value from the per-frame group, else the shared functional group, else the top level.
+
+    Why: enhanced (multi-frame) objects move geometry and rescale into functional groups, and
+    either the per-frame or the shared group may hold them.
+    """
+    for group in (frame, _shared_group(ds)):
+        if group is not None and sequence in group and len(group[sequence].value):
+            item = group[sequence].value[0]
+            if keyword in item:
+                return item[keyword].value
+    return ds.get(keyword)
+
+
+def _shared_group(ds: Dataset) -> Dataset | None:
+    seq = ds.get("SharedFunctionalGroupsSequence")
+    return seq[0] if seq else None
+
+
+def _index_to_lps(iop: np.ndarray, spacing: np.ndarray, origin: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """4×4 (column, row, slice) index → LPS mm.
+
+    PixelSpacing is (between rows, between columns): moving one *column* index moves along the
+    row direction ``iop[:3]`` by ``spacing[1]``; one *row* along ``iop[3:]`` by ``spacing[0]``.
+    """
+    aff = np.eye(4)
+    aff[:3, 0] = iop[:3] * spacing[1]
+    aff[:3, 1] = iop[3:] * spacing[0]
+    aff[:3, 2] = step
+    aff[:3, 3] = origin
+    return aff
+
+
+def _slice_step_default(ds: Dataset, frame: Dataset | None = None, *, single: bool = False) -> float:
+    """Slice step when positions cannot give it: the gap between slices, or for a lone slice its
+    thickness (the extent the one voxel layer really covers)."""
+    keywords = ("SliceThickness", "SpacingBetweenSlices") if single else ("SpacingBetweenSlices", "SliceThickness")
+    for keyword in keywords:
+        value = _fg_value(ds, frame, "PixelMeasuresSequence", keyword)
+        try:
+            if value is not None and float(value) > 0:
+                return float(value)
+        except (TypeError, ValueError):
+            continue
+    return 1.0
+
+
+def _rescale(ds: Dataset, frame: Dataset | None = None) -> tuple[float, float]:
+    slope = _fg_value(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
+    intercept = _fg_value(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
+    return (float(slope) if slope not in (None, "") else 1.0,
+            float(intercept) if intercept not in (None, "") else 0.0)
+
+
+def _pixels(ds: Dataset, where: str) -> np.ndarray:
+    """Decoded stored pixel values; InputError when the codec is missing or data is broken."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise InputError(f"{where} holds no image (it is a DICOM {ds.get('Modality', '')} object without "
+                         "pixel data, e.g. a report or a presentation state).",
+                         "Point radfm at the image series instead.")
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception as exc:  # codec missing, truncated pixel data, odd transfer syntax
+        raise InputError(f"Could not decode the pixel data of {where} ({type(exc).__name__}: {exc}).",
+                         "If the file is compressed, convert it to uncompressed DICOM (e.g. `gdcmconv "
+                         "--raw`) or to NIfTI (dcm2niix); if it is truncated, copy it again.") from exc
+
+
+def _apply_rescale(stack: list[np.ndarray], rescales: list[tuple[float, float]]) -> np.ndarray:
+    """Stack slices and apply per-slice rescale; float32 only when a rescale changes values."""
+    if all(r == (1.0, 0.0) for r in rescales):
+        return np.stack(stack, axis=-1)
+    out = np.empty((*stack[0].shape, len(stack)), dtype=np.float32)
+    for k, (plane, (slope, intercept)) in enumerate(zip(stack, rescales)):
+        out[..., k] = plane.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return out
+
+
+def _to_native_plane(plane: np.ndarray) -> np.ndarray:
+    """(rows, columns[, samples]) → (columns, rows[, samples]) so index 0 walks along a row."""
+    return np.swapaxes(plane, 0, 1)
+
+
+# --------------------------------------------------------------------------------- single file
+
+
+def read_dicom_file(path: Path) -> DicomPixels:
+    """Read one DICOM file: a single slice (→ ``(X, Y, 1)``) or a multi-frame object.
+
+    Multi-frame enhanced objects take geometry from the functional groups and are sorted by
+    frame position along the slice normal when positions are given.
+    """
+    try:
+        ds = pydicom.dcmread(str(path))
+    except InvalidDicomError as exc:
+        raise InputError(f"{path} is not a DICOM file (no DICOM preamble/header could be read).",
+                         "Check the file; radfm reads DICOM Part 10 files, NIfTI, NRRD, MHA/MHD and .npy/.npz.") \
+            from exc
+    except Exception as exc:
+        raise InputError(f"{path} could not be read as DICOM ({type(exc).__name__}: {exc}).",
+                         "The file may be truncated or corrupt; copy it again.") from exc
+    where = str(path)
+    pixels = _pixels(ds, where)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    meta = {**safe_meta(ds), "format": "dicom-file", "n_files": 1}
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if n_frames == 1:
+        pixels = pixels[None]  # (1, rows, cols[, samples])
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    frames = [per_frame[f] if per_frame and len(per_frame) == n_frames else None for f in range(n_frames)]
+
+    iop, spacing = _in_plane(ds, frames[0])
+    positions = [_vec(_fg_value(ds, fr, "PlanePositionSequence", "ImagePositionPatient")) for fr in frames]
+    order = list(range(n_frames))
+    missing_geometry = iop is None or iop.size != 6 or any(p is None for p in positions)
+    if missing_geometry:
+        # Nothing places the frames in the patient: use DICOM's default axes (rows along L,
+        # columns along P) so viewers agree, and say so.
+        iop = np.array([1.0, 0, 0, 0, 1.0, 0])
+        positions = [np.array([0.0, 0.0, float(k) * _slice_step_default(ds, frames[0])]) for k in order]
+        meta["geometry_warning"] = ("the DICOM header has no image position/orientation; voxel positions "
+                                    "in the patient are unknown (default axes used)")
+        log.warning("%s: no image position/orientation in the DICOM header; using default axes", where)
+    if spacing is None or spacing.size != 2 or np.any(spacing <= 0):
+        spacing = np.array([1.0, 1.0])
+        meta["spacing_warning"] = "no PixelSpacing in the header; 1 mm assumed"
+        log.warning("%s: no PixelSpacing; assuming 1 mm", where)
+    normal = np.cross(iop[:3], iop[3:])
+    if n_frames > 1 and not missing_geometry:
+        order = sorted(order, key=lambda f: float(positions[f] @ normal))
+    sorted_pos = [positions[f] for f in order]
+    step = _step(sorted_pos, normal, _slice_step_default(ds, frames[0], single=n_frames == 1), meta, where)
+
+    planes = [_to_native_plane(pixels[f]) for f in order]
+    rescales = [_rescale(ds, frames[f]) for f in order]
+    array = _apply_rescale(planes, rescales)
+    if samples > 1:  # (X, Y, samples, Z) → (X, Y, Z, samples): colour as channels
+        array = np.moveaxis(array, 2, 3)
+    affine = LPS_TO_RAS @ _index_to_lps(iop, spacing, sorted_pos[0], step)
+    return DicomPixels(array=array, affine=affine, meta=meta, modality=str(ds.get("Modality", "")))
+
+
+def _step(positions: list[np.ndarray], normal: np.ndarray, default: float, meta: dict[str, Any],
+          where: str) -> np.ndarray:
+    """Slice-to-slice displacement (LPS mm) from the sorted positions.
+
+    Using the actual displacement (not just its normal component) keeps gantry-tilted series
+    exact: the affine's third column then has a shear that NIfTI/nibabel represent fine.
+    """
+    if len(positions) < 2:
+        return normal * default
+    dist = np.array([float(p @ normal) for p in positions])
+    gaps = np.diff(dist)
+    if np.any(gaps < 1e-3):
+        raise InputError(f"{where}: {int(np.sum(gaps < 1e-3)) + 1} slices share a position, so this is not "
+                         "one volume (several echoes, phases or time points mixed in one series).",
+                         "Split the series (e.g. with dcm2niix) and load one volume at a time.")
+    median = float(np.median(gaps))
+    if gaps.max() - gaps.min() > max(0.01 * median, 1e-3):
+        meta["slice_spacing_warning"] = (f"irregular slice spacing ({gaps.min():.3g}..{gaps.max():.3g} mm); "
+                                         "the affine uses the mean spacing")
+        log.warning("%s: irregular slice spacing %.3g..%.3g mm", where, gaps.min(), gaps.max())
+    return (positions[-1] - positions[0]) / (len(positions) - 1)
+
+
+# --------------------------------------------------------------------------------- series folder
+
+
+@dataclass
+class SeriesInfo:
+    """One series found in a folder. ``key`` is internal (a UID) and is never shown."""
+
+    key: str
+    number: int | None
+    description: str
+    modality: str
+    files: list[Path]
+
+    def line(self, index: int) -> str:
+        number = "?" if self.number is None else str(self.number)
+        desc = repr(self.description) if self.description else "no description"
+        return (f"  [{index}] series number {number}, {desc}, {self.modality or '?'}, "
+                f"{len(self.files)} file{'s' if len(self.files) != 1 else ''}")
+
+
+def scan_series(folder: Path) -> tuple[list[SeriesInfo], int]:
+    """Group the DICOM image files under ``folder`` (recursively) by series.
+
+    Returns:
+        ``(series, n_files_checked)``, series sorted by (series number, description, size) so
+        indices are stable between runs.
+    """
+    groups: dict[str, SeriesInfo] = {}
+    checked = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        checked += 1
+        if path.name.upper() == "DICOMDIR":
+            continue
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        except Exception:  # not DICOM, or unreadable: skipped, counted in the message
+            continue
+        if "Rows" not in ds:  # no image (SR, KO, PR…)
+            continue
+        key = str(ds.get("SeriesInstanceUID", "") or f"no-uid:{ds.get('SeriesNumber', '')}")
+        info = groups.get(key)
+        if info is None:
+            number = ds.get("SeriesNumber")
+            info = groups[key] = SeriesInfo(key=key, number=int(number) if number not in (None, "") else None,
+                                            description=str(ds.get("SeriesDescription", "") or ""),
+                                            modality=str(ds.get("Modality", "") or ""), files=[])
+        info.files.append(path)
+    series = sorted(groups.values(),
+                    key=lambda s: (s.number if s.number is not None else 1 << 30, s.description, -len(s.files)))
+    return series, checked
+
+
+def select_series(folder: Path, series: int | None) -> SeriesInfo:
+    """Pick one series; InputError listing the choices (no UIDs, no patient tags) otherwise."""
+    found, checked = scan_series(folder)
+    if not found:
+        raise InputError(f"No DICOM image files found in folder {folder} ({checked} file"
+                         f"{'s' if checked != 1 else ''} checked).",
+                         "Point to the folder that holds the DICOM slices of one series, or to a NIfTI/NRRD/"
+                         "MHA/.npy file.")
+    listing = "\n".join(s.line(i) for i, s in enumerate(found))
+    if series is None:
+        if len(found) == 1:
+            return found[0]
+        raise InputError(f"Folder {folder} holds {len(found)} DICOM series:\n{listing}\n",
+                         "Choose one with series=N (CLI: --series N), N being the index in brackets.")
+    if not 0 <= series < len(found):
+        raise InputError(f"series={series} is not one of the {len(found)} series in {folder}:\n{listing}\n",
+                         "Pass series=N with N one of the indices in brackets (CLI: --series N).")
+    return found[series]
+
+
+def read_dicom_series(folder: Path, series: int | None = None) -> DicomPixels:
+    """Read one series from a folder: slices sorted along the normal, rescaled, with geometry."""
+    info = select_series(folder, series)
+    if len(info.files) == 1:
+        out = read_dicom_file(info.files[0])
+        out.meta["format"] = "dicom-series"
+        return out
+    where = f"series {info.number if info.number is not None else '?'} in {folder}"
+    datasets = []
+    for path in info.files:
+        try:
+            datasets.append(pydicom.dcmread(str(path)))
+        except Exception as exc:
+            raise InputError(f"A file of {where} could not be read ({path.name}: {type(exc).__name__}).",
+                             "The file may be truncated; copy the series again.") from exc
+    first = datasets[0]
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
+        raise InputError(f"{where} mixes several multi-frame files.",
+                         "Load one multi-frame DICOM file at a time (pass the file path).")
+    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    iops = [_in_plane(ds)[0] for ds in datasets]
+    if len(shapes) > 1 or any(i is None or not np.allclose(i, iops[0], atol=1e-4) for i in iops):
+        raise InputError(f"{where} mixes slices of different size or orientation (e.g. localizer images "
+                         "in the same series).", "Remove the odd slices or convert with dcm2niix, then load "
+                         "the resulting NIfTI.")
+    iop = iops[0]
+    spacing = _in_plane(first)[1]
+    meta = {**safe_meta(first), "format": "dicom-series", "n_files": len(datasets)}
+    if spacing is None or spacing.size != 2 or np.any(spacing <= 0):
+        spacing = np.array([1.0, 1.0])
+        meta["spacing_warning"] = "no PixelSpacing in the header; 1 mm assumed"
+    normal = np.cross(iop[:3], iop[3:])
+    positions = [_vec(ds.get("ImagePositionPatient")) for ds in datasets]
+    if any(p is None for p in positions):
+        # Without positions only the instance number orders slices; their spacing is a guess.
+        by_instance = sorted(range(len(datasets)), key=lambda n: int(datasets[n].get("InstanceNumber", n) or n))
+        step_len = _slice_step_default(first)
+        for rank, n in enumerate(by_instance):
+            positions[n] = normal * step_len * rank
+        meta["geometry_warning"] = "slices have no ImagePositionPatient; ordered by instance number"
+        log.warning("%s: no ImagePositionPatient; ordering by InstanceNumber", where)
+    order = sorted(range(len(datasets)), key=lambda n: float(positions[n] @ normal))
+    sorted_pos = [positions[n] for n in order]
+    step = _step(sorted_pos, normal, _slice_step_default(first), meta, where)
+    # Decoding (often JPEG 2000) dominates; the codecs release the GIL, so threads help.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        decoded = list(pool.map(lambda n: _pixels(datasets[n], where), order))
+    planes = [_to_native_plane(plane) for plane in decoded]
+    rescales = [_rescale(datasets[n]) for n in order]
+    array = _apply_rescale(planes, rescales)
+    if int(first.get("SamplesPerPixel", 1) or 1) > 1:
+        array = np.moveaxis(array, 2, 3)
+    affine = LPS_TO_RAS @ _index_to_lps(iop, spacing, sorted_pos[0], step)
+    return DicomPixels(array=array, affine=affine, meta=meta, modality=str(first.get("Modality", "")))

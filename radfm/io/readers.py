@@ -1,0 +1,307 @@
+"""``load_volume``: any supported file or DICOM folder → a canonical-orientation ``Volume``.
+
+Why one entry point: every format ends in the same three steps (check the array is a volume,
+reorient to canonical in ``orientation.to_canonical``, decide the modality), so a mask
+predicted on a NIfTI and on the same scan as DICOM lands on the same anatomy.
+
+Readers never write to, lock or modify the input.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from radfm.errors import InputError
+from radfm.io.coords import LPS_TO_RAS
+from radfm.io.dicom import is_dicom_file, read_dicom_file, read_dicom_series
+from radfm.io.orientation import check_affine, to_canonical
+from radfm.io.volume import MODALITIES, NativeGrid, Volume
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = (".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, .dcm (or a folder holding a DICOM series), "
+             ".npy, .npz")
+_SITK_SUFFIXES = {".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha", ".mhd": "mhd"}
+_DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
+_MAX_CHANNELS = 8
+_MODALITY_ALIASES = {"MRI": "MR", "PET": "PT", "XR": "CR", "DX": "CR", "UNKNOWN": "unknown"}
+
+
+@dataclass
+class _Raw:
+    """A file's voxels in stored order, before reorientation."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    fmt: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    header_modality: str = ""
+    header: Any = None
+    single_slice_ok: bool = False
+
+
+def suffix_of(path: Path) -> str:
+    """Lower-case suffix, treating ``.nii.gz`` as one suffix."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def load_volume(path: str | Path, *, modality: str | None = None, series: int | None = None) -> Volume:
+    """Read a 3D image with its geometry into canonical RAS+ orientation.
+
+    Args:
+        path: a NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr), MetaImage (.mha/.mhd), single DICOM
+            file, folder holding a DICOM series, or numpy .npy/.npz file (npz key ``vol`` or
+            the only array, optional ``affine`` 4×4; without it the identity affine is used).
+        modality: declared modality ("CT", "MR", …); overrides the header and detection.
+        series: index of the series to read when a DICOM folder holds several (the error for
+            such a folder lists them).
+
+    Returns:
+        ``Volume`` with ``array`` ``(X, Y, Z)`` or ``(X, Y, Z, C)`` (C ≤ 8) in canonical
+        orientation, ``affine`` canonical index → RAS+ mm, ``native`` the stored grid, and
+        ``meta`` holding only non-identifying facts. CT from DICOM is float32 HU.
+
+    Raises:
+        InputError: missing/empty/corrupt file, unsupported format, not a 3D volume, several
+            DICOM series without ``series``, unknown ``modality``.
+    """
+    p = Path(path).expanduser()
+    declared = normalise_modality(modality) if modality is not None else None
+    if not p.exists():
+        raise InputError(f"No file or folder at {p}.", "Check the path (and the current directory).")
+    if p.is_dir():
+        dp = read_dicom_series(p, series)
+        raw = _Raw(dp.array, dp.affine, "dicom-series", dp.meta, dp.modality,
+                   single_slice_ok=dp.meta.get("n_files") == 1)
+    else:
+        if series is not None:
+            log.warning("series=%s is only used for DICOM folders; ignored for %s", series, p.name)
+        raw = _read_file(p)
+    array = _check_dims(raw.array, p, single_slice_ok=raw.single_slice_ok)
+    array = _sensible_dtype(array, p)
+    affine = check_affine(raw.affine, str(p))
+    canonical, canonical_affine, ornt_back = to_canonical(array, affine)
+    native = NativeGrid(affine=affine, shape=tuple(int(s) for s in array.shape[:3]), ornt=ornt_back,
+                        fmt=raw.fmt, source=str(p.resolve()), header=raw.header)
+    modality_name, source = resolve_modality(declared, raw.header_modality, canonical)
+    meta = {**raw.meta, "modality_source": source}
+    volume = Volume(array=canonical, affine=canonical_affine, modality=modality_name, native=native, meta=meta)
+    log.info("loaded %s: %s shape %s spacing %s mm, modality %s (%s)", p.name, meta.get("format"),
+             volume.shape, tuple(round(s, 3) for s in volume.spacing), modality_name, source)
+    return volume
+
+
+def _read_file(p: Path) -> _Raw:
+    if p.stat().st_size == 0:
+        raise InputError(f"{p} is empty (0 bytes).",
+                         "The file was probably not copied or downloaded completely; copy it again.")
+    suffix = suffix_of(p)
+    if suffix in (".nii", ".nii.gz"):
+        return _read_nifti(p)
+    if suffix in _SITK_SUFFIXES:
+        return _read_sitk(p, _SITK_SUFFIXES[suffix])
+    if suffix in (".npy", ".npz"):
+        return _read_numpy(p, suffix)
+    if suffix in _DICOM_SUFFIXES or is_dicom_file(p):
+        dp = read_dicom_file(p)
+        return _Raw(dp.array, dp.affine, "dicom-file", dp.meta, dp.modality, single_slice_ok=True)
+    raise InputError(f"Unsupported file type {suffix or '(no extension)'!r} for {p.name}.",
+                     f"radfm reads {SUPPORTED}. Convert the image (e.g. with 3D Slicer or SimpleITK) to one "
+                     "of these.")
+
+
+def _read_nifti(p: Path) -> _Raw:
+    try:
+        img = nib.load(str(p))
+        # Force the read inside the try: a truncated .nii.gz only fails when the data is read.
+        array = np.asarray(img.dataobj)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{p} is not a readable NIfTI file ({type(exc).__name__}: {_first_line(exc)}).",
+                         "It is probably truncated or corrupt (an interrupted download or copy); copy it "
+                         "again, or re-export it from the source.") from exc
+    header = img.header.copy()
+    meta: dict[str, Any] = {"format": "nifti"}
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        meta["geometry_warning"] = ("NIfTI has neither qform nor sform; the position in the patient is "
+                                    "unknown (voxel sizes only)")
+        log.warning("%s: no qform/sform; orientation in the patient is unknown", p.name)
+    return _Raw(array, np.asarray(img.affine, dtype=np.float64), "nifti", meta, header=header)
+
+
+def _read_sitk(p: Path, kind: str) -> _Raw:
+    try:
+        img = sitk.ReadImage(str(p))
+    except Exception as exc:
+        raise InputError(f"{p} could not be read as {kind.upper()} ({_first_line(exc)}).",
+                         "The file (or, for .mhd/.nhdr, its separate data file) is missing, truncated "
+                         "or corrupt; copy it again.") from exc
+    dim = img.GetDimension()
+    if dim == 2:
+        size = "×".join(str(s) for s in img.GetSize())
+        raise InputError(f"{p} is a 2D image ({size}); radfm needs a 3D volume.",
+                         "Give the 3D scan instead (NIfTI/NRRD/MHA volume or the DICOM series folder); "
+                         "a single slice is read as a one-slice volume only from a DICOM file.")
+    if dim > 4:
+        raise InputError(f"{p} is a {dim}D image; radfm needs a 3D volume (optionally with channels).",
+                         "Extract the 3D volume you want (e.g. one time point) first.")
+    try:
+        array = sitk.GetArrayFromImage(img)  # (z, y, x[, components]) or (t, z, y, x)
+    except Exception as exc:
+        raise InputError(f"{p}: the voxel data could not be read ({_first_line(exc)}).",
+                         "The file is probably truncated; copy it again.") from exc
+    vector = img.GetNumberOfComponentsPerPixel() > 1
+    if dim == 4:  # ITK 4D: (t, z, y, x) → (x, y, z, t): the fourth axis becomes channels
+        if vector:
+            raise InputError(f"{p} is a 4D image with vector pixels.", "Extract a 3D volume first.")
+        array = np.transpose(array, (3, 2, 1, 0))
+    elif vector:
+        array = np.transpose(array, (2, 1, 0, 3))
+    else:
+        array = np.transpose(array, (2, 1, 0))
+    spacing = np.asarray(img.GetSpacing()[:3], dtype=np.float64)
+    origin = np.asarray(img.GetOrigin()[:3], dtype=np.float64)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing  # columns = axis directions scaled by voxel size
+    lps[:3, 3] = origin
+    header = {"origin": tuple(origin), "spacing": tuple(spacing), "direction": tuple(direction.ravel())}
+    return _Raw(np.ascontiguousarray(array), LPS_TO_RAS @ lps, "sitk", {"format": kind}, header=header)
+
+
+def _read_numpy(p: Path, suffix: str) -> _Raw:
+    affine: np.ndarray | None = None
+    try:
+        if suffix == ".npy":
+            array = np.load(str(p), allow_pickle=False)
+        else:
+            with np.load(str(p), allow_pickle=False) as npz:
+                keys = list(npz.keys())
+                images = [k for k in keys if k != "affine"]
+                if "vol" in keys:
+                    key = "vol"
+                elif len(images) == 1:
+                    key = images[0]
+                else:
+                    raise InputError(f"{p.name} holds {len(images)} arrays ({', '.join(images) or 'none'}) and "
+                                     "none is called 'vol'.",
+                                     "Save the image under the key 'vol' (and optionally its 4×4 'affine').")
+                array = npz[key]
+                if "affine" in keys:
+                    affine = np.asarray(npz["affine"], dtype=np.float64)
+    except InputError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{p} is not a readable numpy file ({type(exc).__name__}: {_first_line(exc)}).",
+                         "Save it with numpy.save / numpy.savez (plain arrays, no pickled objects); if it "
+                         "was copied, copy it again.") from exc
+    meta: dict[str, Any] = {"format": "numpy"}
+    if affine is None:
+        affine = np.eye(4)
+        meta["geometry_warning"] = ("no affine in the file: identity used (1 mm voxels, array axes taken as "
+                                    "R, A, S); positions in the patient are unknown")
+        log.warning("%s: no affine; using identity (1 mm, axes taken as RAS)", p.name)
+    elif affine.shape != (4, 4):
+        raise InputError(f"The 'affine' in {p.name} has shape {affine.shape}, not (4, 4).",
+                         "Store the 4×4 voxel→RAS+ mm matrix (as nibabel's img.affine) under 'affine'.")
+    return _Raw(np.asarray(array), affine, "numpy", meta)
+
+
+def _check_dims(array: np.ndarray, p: Path, *, single_slice_ok: bool) -> np.ndarray:
+    """Make sure the array is ``(X, Y, Z)`` or ``(X, Y, Z, C≤8)``; explain what is wrong otherwise."""
+    # Trailing singleton axes (NIfTI time = 1, vector dim 5 with t = 1) carry no data.
+    while array.ndim > 3 and array.shape[3] == 1:
+        array = array[:, :, :, 0, ...]
+    shape = tuple(int(s) for s in array.shape)
+    if array.ndim == 2 and single_slice_ok:
+        array = array[:, :, None]
+    elif array.ndim < 3:
+        raise InputError(f"{p.name} holds a {array.ndim}D array of shape {shape}; radfm needs a 3D volume.",
+                         "Give the 3D scan (or stack the slices into an (X, Y, Z) array); add a slice axis "
+                         "(X, Y, 1) only if a single slice is really meant.")
+    elif array.ndim == 4 and shape[3] > _MAX_CHANNELS:
+        hint = "Pick one volume (e.g. one time point) or save the channels on the last axis."
+        if shape[0] <= _MAX_CHANNELS:
+            hint = ("It looks channels-first; move the channel axis last (numpy.moveaxis(a, 0, -1)) or pick "
+                    "one volume.")
+        raise InputError(f"{p.name} is 4D with shape {shape}: the last axis ({shape[3]}) is too long to be "
+                         f"channels (at most {_MAX_CHANNELS}); radfm needs a 3D volume.", hint)
+    elif array.ndim > 4:
+        raise InputError(f"{p.name} holds a {array.ndim}D array of shape {shape}; radfm needs a 3D volume "
+                         f"(optionally with up to {_MAX_CHANNELS} channels on a 4th axis).",
+                         "Extract the 3D volume you want first.")
+    if 0 in array.shape:
+        raise InputError(f"{p.name} has an empty axis (shape {shape}).", "The file holds no voxels; re-export it.")
+    return array
+
+
+def _sensible_dtype(array: np.ndarray, p: Path) -> np.ndarray:
+    """Keep integer/bool dtypes (masks stay small); floats as float32 (enough for any scanner)."""
+    if np.iscomplexobj(array):
+        raise InputError(f"{p.name} holds complex values.", "Save the magnitude image (numpy.abs) instead.")
+    if array.dtype.kind == "f" and array.dtype != np.float32:
+        return array.astype(np.float32)
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{p.name} holds values of type {array.dtype}, not numbers.",
+                         "Save the image as a numeric array.")
+    return array
+
+
+def normalise_modality(modality: str) -> str:
+    """Upper-case a declared modality, accept common aliases ("MRI" → "MR"), reject the rest."""
+    name = _MODALITY_ALIASES.get(modality.strip().upper(), modality.strip().upper())
+    if name not in MODALITIES:
+        raise InputError(f"Unknown modality {modality!r}.", f"Use one of {', '.join(MODALITIES)}.")
+    return name
+
+
+def looks_like_ct(array: np.ndarray) -> bool:
+    """True when intensities look like CT in HU: air near -1000 HU in a fair fraction of voxels.
+
+    Deliberately conservative: nothing but CT has many voxels below -500 with a peak of air
+    around -1000; everything else stays "unknown" rather than guessed.
+    """
+    if array.ndim != 3 or array.dtype.kind not in "if":
+        return False
+    step = max(1, round((array.size / 2_000_000) ** (1 / 3)))  # subsample big volumes for speed
+    sample = array[::step, ::step, ::step]
+    below = float(np.mean(sample < -500))
+    air = float(np.mean((sample >= -1100) & (sample <= -850)))
+    return below >= 0.05 and air >= 0.02
+
+
+def resolve_modality(declared: str | None, header: str, array: np.ndarray) -> tuple[str, str]:
+    """(modality, source): declared > DICOM header > CT detection > "unknown"."""
+    header = header.strip().upper()
+    if declared is not None:
+        if header and header in MODALITIES and header != declared:
+            log.warning("declared modality %s differs from the DICOM header's %s; using %s",
+                        declared, header, declared)
+        return declared, "declared"
+    if header in MODALITIES and header != "unknown":
+        return header, "header"
+    if looks_like_ct(array):
+        return "CT", "detected"
+    return "unknown", "none"
+
+
+def _first_line(exc: BaseException) -> str:
+    """First non-empty line of an exception message (ITK's are dozens of lines)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return type(exc).__name__
+
+
+__all__ = ["SUPPORTED", "load_volume", "looks_like_ct", "normalise_modality", "resolve_modality", "suffix_of"]
