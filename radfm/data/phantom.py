@@ -530,7 +530,11 @@ def _place_lesions(cv: _Canvas, specs: list[LesionSpec], modality: str, first_id
                              "Use body='head' for brain lesions and body='chest_abdomen' for the others.")
         if spec.diameter_mm <= 0:
             raise InputError(f"lesion diameter must be positive, got {spec.diameter_mm} mm.")
-        candidates = list(_HOSTS[spec.organ])
+        present = np.bincount(cv.labels.ravel(), minlength=256) > 0
+        candidates = [h for h in _HOSTS[spec.organ] if present[h]]
+        if not candidates:
+            raise InputError(f"the {spec.organ} is empty in this phantom; cannot place a lesion.",
+                             "Use a larger shape or field of view.")
         radius_mm = spec.diameter_mm / 2.0 * (1.0 + rng.normal(0.0, 0.1, 3)).clip(0.75, 1.25)
         rot = _rotation(*rng.uniform(-np.pi, np.pi, 3))
         r_vox = float(np.max(radius_mm / g.spacing))
@@ -547,8 +551,6 @@ def _place_lesions(cv: _Canvas, specs: list[LesionSpec], modality: str, first_id
             host_ids = tuple(candidates) if head else (host,)
             host_mask = np.isin(cv.labels, host_ids)
             cand = np.flatnonzero(host_mask)
-            if cand.size == 0:
-                raise InputError(f"the {spec.organ} is empty in this phantom; cannot place a lesion.")
             best, best_score = None, -1.0
             for _trial in range(40):
                 c = np.array(np.unravel_index(cand[int(rng.integers(cand.size))], g.shape))
@@ -588,10 +590,11 @@ def _random_lesions(body: str, n: int, g: _Grid, cv: _Canvas, rng: np.random.Gen
         organs, weights = ["brain"], [1.0]
     else:
         organs, weights = ["lung", "liver", "kidney", "spleen"], [0.35, 0.35, 0.15, 0.15]
+    present = np.bincount(cv.labels.ravel(), minlength=256) > 0
     for _ in range(n):
         organ = organs[int(rng.choice(len(organs), p=weights))]
         e = cv.organs.get(_HOSTS[organ][0])
-        if e is None:
+        if e is None or not present[list(_HOSTS[organ])].all():
             continue
         organ_d_mm = float(np.min(2.0 * e.radii * g.half_mm))
         lo, hi = (0.08, 0.25) if organ == "brain" else (0.15, 0.45)

@@ -310,7 +310,6 @@ class RadFMEncoder(PreTrainedModel):
 
     def __init__(self, config: RadFMEncoderConfig) -> None:
         super().__init__(config)
-        self.config = config
         h = config.hidden_size
         self.patch_embed = PatchEmbed3d(
             in_channels=config.in_channels, hidden_size=h, patch_size=config.patch_size

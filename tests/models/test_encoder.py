@@ -90,7 +90,7 @@ def test_pos_embed_functions() -> None:
     pos = sincos_pos_embed_3d((2, 3, 4), 64)
     assert pos.shape == (24, 64)
     assert torch.all(pos[:, 60:] == 0)  # 64 = 3 x 20 + 4 zero channels
-    assert torch.allclose(pos[0, :20:1][:10], torch.zeros(10))  # sin(0) for z = 0
+    assert torch.equal(pos[0, :10], torch.zeros(10))  # sin(0) for z = 0
     # Same offset -> same code, whatever the grid (crops of one scan agree).
     big = sincos_pos_embed_3d((4, 3, 4), 64).reshape(4, 3, 4, 64)
     assert torch.equal(big[:2].reshape(24, 64), pos)
@@ -142,6 +142,39 @@ def test_output_pyramid_false_and_volume_features() -> None:
         feats = model.get_volume_features(x)
     assert out.feature_pyramid is None
     assert torch.equal(feats, out.last_hidden_state) and feats.shape == (1, 64, 64)
+
+
+def test_modality_embedding() -> None:
+    model = tiny()
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        plain = model(x, output_pyramid=False).last_hidden_state
+        # Zero-initialised: a fresh model gives the same tokens with or without modality ids.
+        assert torch.equal(
+            model(x, modality_ids=torch.tensor([0, 1]), output_pyramid=False).last_hidden_state, plain
+        )
+        model.modality_embed.weight.normal_()
+        out = model(x, modality_ids=torch.tensor([0, 1]), output_pyramid=False).last_hidden_state
+    assert not torch.allclose(out, plain)
+    with pytest.raises(ValueError, match="modality_ids"):
+        model(x, modality_ids=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="no modality embedding"):
+        tiny(modality_embedding=False)(x, modality_ids=torch.tensor([0, 1]))
+
+
+def test_lora_target_names() -> None:
+    """The module names adapters rely on: qkv, attn.proj, fc1, fc2 and patch_embed.proj."""
+    peft = pytest.importorskip("peft")
+    model = tiny()
+    targets = ["qkv", "attn.proj", "fc1", "fc2", "patch_embed.proj"]
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    wrapped = {n.removesuffix(".lora_A") for n, _ in lora.named_modules() if n.endswith(".lora_A")}
+    assert len(wrapped) == 4 * model.config.num_layers + 1
+    assert not any("pyramid" in n for n in wrapped)
+    out = lora(torch.randn(1, 1, 16, 16, 16))
+    sum(f.mean() for f in out.feature_pyramid).backward()
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
 
 
 def test_multi_channel_input() -> None:
