@@ -13,12 +13,14 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+from radfm.errors import RadfmError
 
-class UnknownComponentError(KeyError):
+
+class UnknownComponentError(RadfmError, KeyError):
     """Raised when a name is not registered in a group; the message lists what is."""
 
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0])
+    def __str__(self) -> str:  # KeyError would quote the message; keep it readable
+        return f"{self.problem} {self.hint}".strip()
 
 
 def available(group: str) -> list[str]:
@@ -31,5 +33,5 @@ def load(group: str, name: str) -> Callable[..., Any]:
     matches = [ep for ep in entry_points(group=group) if ep.name == name]
     if not matches:
         names = ", ".join(available(group)) or "none"
-        raise UnknownComponentError(f"no {group.split('.')[-1]} named {name!r}; available: {names}")
+        raise UnknownComponentError(f"no {group.split('.')[-1]} named {name!r}.", f"Available: {names}.")
     return matches[0].load()

@@ -436,8 +436,9 @@ def _head(cv: _Canvas, rng: np.random.Generator) -> None:
     skull_out = 1.0 - th(5.0)
     skull_in = skull_out - th(7.0, 2.4)
     brain_out = skull_in - th(2.5, 1.0)
-    folding = smooth_noise(rho.shape, 6.0 / g.spacing, rng)[0]
-    gm_in = brain_out - th(3.5, 1.5) * (1.0 + 0.6 * folding)
+    # Cortex: a gray-matter band whose inner border undulates (gyri/sulci at voxel scale).
+    folding = smooth_noise(rho.shape, 7.0 / g.spacing, rng)[0]
+    gm_in = brain_out - th(5.0, 2.0) * np.clip(1.0 + 0.8 * folding, 0.4, None)
     lab = np.zeros(rho.shape, np.uint8)
     tis = np.zeros(rho.shape, np.uint8)
     for lo, hi, label, tissue in ((skull_out, 1.0, 1, "scalp"), (skull_in, skull_out, 2, "skull"),
@@ -678,7 +679,8 @@ def make_phantom(
             ``lesions`` is given.
         lesions: explicit lesions, placed in order (ids ``first_lesion_id + index``).
         noise: CT: Gaussian noise std in HU; MR: Rician noise std relative to the brightest
-            tissue (fat = ~1). ``None``: drawn from the seed (CT 8-25 HU, MR 0.015-0.04).
+            tissue (fat = ~1). ``None``: drawn from the seed (CT torso 6-18 HU, head 3-8 HU; MR
+            0.015-0.04).
         blur_mm: Gaussian std in mm simulating the point-spread function (partial volume).
             ``None``: drawn from the seed (about half a voxel); 0 disables.
         body: "chest_abdomen" (torso) or "head".
@@ -751,7 +753,7 @@ def _generate(
     placed = _place_lesions(cv, specs, modality, first_id, lesion_rng)
 
     clean, blur = _render(cv, modality, body, placed, blur_mm, anat_rng, noise_rng)
-    acq = _draw_acquisition(modality, noise, g, noise_rng)
+    acq = _draw_acquisition(modality, noise, g, noise_rng, head=body == "head")
     image = _acquire(clean, acq, noise_rng)
     labels = cv.labels
     label_names = dict(organ_names)
@@ -836,9 +838,11 @@ class _Acquisition:
     bias: np.ndarray | None = None  # MR multiplicative (X, Y, Z) bias field, in scanner space
 
 
-def _draw_acquisition(modality: str, noise: float | None, g: _Grid, rng: np.random.Generator) -> _Acquisition:
-    if modality == "CT":
-        return _Acquisition("CT", float(rng.uniform(8.0, 25.0)) if noise is None else float(noise))
+def _draw_acquisition(modality: str, noise: float | None, g: _Grid, rng: np.random.Generator,
+                      head: bool = False) -> _Acquisition:
+    if modality == "CT":  # head protocols use more dose: less noise, so gray/white contrast shows
+        lo, hi = (3.0, 8.0) if head else (6.0, 18.0)
+        return _Acquisition("CT", float(rng.uniform(lo, hi)) if noise is None else float(noise))
     bias = np.exp(0.18 * smooth_noise(g.shape, np.asarray(g.shape) / 2.5, rng)[0]).astype(np.float32)
     sd = float(rng.uniform(0.015, 0.04)) if noise is None else float(noise)
     return _Acquisition("MR", sd, float(rng.uniform(600.0, 1400.0)), bias)

@@ -129,7 +129,7 @@ def apply_plan(volume: Volume, plan: PreprocessPlan) -> PreparedInput:
         )
     norm = normalize_intensity(volume.array, plan)
     chans = norm[..., None] if norm.ndim == 3 else norm
-    t = torch.from_numpy(np.ascontiguousarray(canonical_to_model(np.moveaxis(chans, -1, 0))))
+    t = torch.from_numpy(np.ascontiguousarray(canonical_to_model(chans)))  # (C, D, H, W)
     spacing_dhw = tuple(reversed(volume.spacing))
     if plan.target_spacing is not None:
         target_dhw = tuple(reversed(plan.target_spacing))

@@ -96,6 +96,7 @@ def test_pair_rejects_unknown_options():
         make_phantom_pair(0, shape=(32, 32, 32), colour="red")
 
 
+@pytest.mark.filterwarnings("ignore:monai.networks.blocks.Warp")
 def test_model_order_field_matches_monai_warp():
     """The documented convention is MONAI's: Warp(img, ddf)(x) = img(x + ddf(x)) in model order."""
     monai_blocks = pytest.importorskip("monai.networks.blocks")
