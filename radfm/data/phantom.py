@@ -517,12 +517,11 @@ def _ball_fraction(host_mask: np.ndarray, c: np.ndarray, radius_mm: float, spaci
 
 
 def _place_lesions(cv: _Canvas, specs: list[LesionSpec], modality: str, first_id: int,
-                   rng: np.random.Generator) -> list[_Placed]:
+                   rng: np.random.Generator, head: bool) -> list[_Placed]:
     """Paint each lesion into its host organ (clipped to it), away from earlier lesions."""
     g = cv.g
     placed: list[_Placed] = []
     centers: list[tuple[np.ndarray, float]] = []  # (voxel centre, radius in voxels)
-    head = 4 in cv.organs and 2 not in cv.organs
     for n, spec in enumerate(specs):
         if spec.organ not in _HOSTS:
             raise InputError(f"unknown lesion organ {spec.organ!r}.", f"Use one of {sorted(_HOSTS)}.")
@@ -750,7 +749,7 @@ def _generate(
         specs = list(lesions)
     if first_id + len(specs) > 255:
         raise InputError(f"{len(specs)} lesions do not fit a uint8 label map.", "Use at most 200 lesions.")
-    placed = _place_lesions(cv, specs, modality, first_id, lesion_rng)
+    placed = _place_lesions(cv, specs, modality, first_id, lesion_rng, head=body == "head")
 
     clean, blur = _render(cv, modality, body, placed, blur_mm, anat_rng, noise_rng)
     acq = _draw_acquisition(modality, noise, g, noise_rng, head=body == "head")
