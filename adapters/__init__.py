@@ -1,1 +1,43 @@
-"""Parameter-efficient adaptation of the shared encoder (LoRA via peft) and few-shot fitting."""
+"""Parameter-efficient adaptation of the shared encoder (LoRA via peft) and few-shot fitting.
+
+- ``radfm.adapters.lora``: attach / add / save / load / switch / merge LoRA adapters on a
+  ``RadFMForDenseSegmentation`` (the head in ``modules_to_save``), and count trainable weights.
+- ``radfm.adapters.fewshot``: ``adapt(...)`` from K labelled cases (strategies linear / lora / full /
+  auto), ``load_adapted`` and ``predict_volume``.
+- ``radfm.adapters.cli``: ``radfm adapt TASK --data DIR --shots K``.
+
+Names are imported lazily: peft and MONAI load only when an adapter function is used.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "LoraSpec": "radfm.adapters.lora",
+    "attach_lora": "radfm.adapters.lora",
+    "add_adapter": "radfm.adapters.lora",
+    "save_adapter": "radfm.adapters.lora",
+    "load_adapters": "radfm.adapters.lora",
+    "use_adapter": "radfm.adapters.lora",
+    "merge": "radfm.adapters.lora",
+    "trainable_parameters": "radfm.adapters.lora",
+    "encoder_sha256": "radfm.adapters.lora",
+    "read_adapter_meta": "radfm.adapters.lora",
+    "AdaptResult": "radfm.adapters.fewshot",
+    "AugmentConfig": "radfm.adapters.fewshot",
+    "TrainConfig": "radfm.adapters.fewshot",
+    "adapt": "radfm.adapters.fewshot",
+    "choose_strategy": "radfm.adapters.fewshot",
+    "fit": "radfm.adapters.fewshot",
+    "load_adapted": "radfm.adapters.fewshot",
+    "predict_volume": "radfm.adapters.fewshot",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'radfm.adapters' has no attribute {name!r}")

@@ -1,0 +1,98 @@
+"""Tests of the dense segmentation head and RadFMForDenseSegmentation (tiny encoder)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from radfm.errors import ConfigError
+from radfm.models import RadFMEncoder, RadFMEncoderConfig
+from radfm.models.heads import (
+    DenseSegmentationHead,
+    RadFMDenseSegmentationConfig,
+    RadFMForDenseSegmentation,
+    head_spec,
+)
+
+
+def tiny_encoder(**overrides) -> RadFMEncoder:
+    torch.manual_seed(0)
+    return RadFMEncoder(RadFMEncoderConfig.from_preset("tiny", **overrides)).eval()
+
+
+def test_logits_on_the_input_grid_even_when_not_a_patch_multiple() -> None:
+    model = RadFMForDenseSegmentation.from_encoder(tiny_encoder(), 3).eval()
+    for shape in [(16, 16, 16), (13, 18, 22)]:
+        out = model(torch.randn(2, 1, *shape)).logits
+        assert out.shape == (2, 3, *shape)
+        assert torch.isfinite(out).all()
+
+
+def test_anisotropic_patch_and_no_skip_branch() -> None:
+    enc = tiny_encoder(patch_size=(2, 8, 8))
+    model = RadFMForDenseSegmentation.from_encoder(enc, 2, skip_channels=0).eval()
+    assert model.head.skip is None and model.head.fuse is None
+    out = model(torch.randn(1, 1, 8, 32, 24)).logits
+    assert out.shape == (1, 2, 8, 32, 24)
+
+
+def test_from_encoder_copies_weights_and_leaves_the_encoder_alone() -> None:
+    enc = tiny_encoder()
+    model = RadFMForDenseSegmentation.from_encoder(enc, 2)
+    for (n, a), (_, b) in zip(enc.state_dict().items(), model.encoder.state_dict().items()):
+        assert torch.equal(a, b), n
+    before = enc.blocks[0].attn.qkv.weight.clone()
+    with torch.no_grad():
+        model.encoder.blocks[0].attn.qkv.weight.add_(1.0)
+    assert torch.equal(enc.blocks[0].attn.qkv.weight, before)
+
+
+def test_save_and_load_round_trip(tmp_path) -> None:
+    model = RadFMForDenseSegmentation.from_encoder(
+        tiny_encoder(), 3, id2label={0: "background", 1: "liver", 2: "lungs"}).eval()
+    with torch.no_grad():  # make the head non-trivial so the round trip compares real numbers
+        for p in model.head.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    x = torch.randn(1, 1, 16, 16, 16)
+    y = model(x).logits
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = RadFMForDenseSegmentation.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded(x).logits, y)
+    assert loaded.config.id2label == {0: "background", 1: "liver", 2: "lungs"}
+    assert isinstance(loaded.config.encoder_config, RadFMEncoderConfig)
+    assert head_spec(loaded.config) == head_spec(model.config)
+    from transformers import AutoModel
+
+    assert type(AutoModel.from_pretrained(tmp_path)) is RadFMForDenseSegmentation  # registered model_type
+
+
+def test_head_is_one_module_whose_names_avoid_lora_targets() -> None:
+    model = RadFMForDenseSegmentation.from_encoder(tiny_encoder(), 2)
+    assert isinstance(model.head, DenseSegmentationHead)
+    for name, _ in model.head.named_modules():
+        assert not any(name.endswith(t) for t in ("qkv", "proj", "fc1", "fc2")), name
+
+
+def test_gradients_reach_head_and_encoder() -> None:
+    model = RadFMForDenseSegmentation.from_encoder(tiny_encoder(), 2).train()
+    model(torch.randn(1, 1, 16, 16, 16)).logits.square().mean().backward()
+    assert model.head.classifier.weight.grad.abs().sum() > 0
+    assert model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_modality_ids_and_bf16_autocast() -> None:
+    model = RadFMForDenseSegmentation.from_encoder(tiny_encoder(), 2).eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    ref = model(x, modality_ids=torch.tensor([0, 1])).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x, modality_ids=torch.tensor([0, 1])).logits.float()
+    assert (low - ref).abs().max() < 0.25 * ref.abs().max() + 0.1
+
+
+def test_config_defaults_and_errors() -> None:
+    cfg = RadFMDenseSegmentationConfig(encoder_config=RadFMEncoderConfig.from_preset("tiny"), num_classes=3)
+    assert cfg.id2label == {0: "background", 1: "class_1", 2: "class_2"}
+    assert RadFMDenseSegmentationConfig().encoder_config.hidden_size == 384  # the "small" preset
+    with pytest.raises(ConfigError):
+        RadFMDenseSegmentationConfig(num_classes=0)
