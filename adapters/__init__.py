@@ -1,7 +1,9 @@
 """Parameter-efficient adaptation of the shared encoder (LoRA via peft) and few-shot fitting.
 
 - ``radfm.adapters.lora``: attach / add / save / load / switch / merge LoRA adapters on a
-  ``RadFMForDenseSegmentation`` (the head in ``modules_to_save``), and count trainable weights.
+  ``RadFMForDenseSegmentation`` (the head in ``modules_to_save``), and count trainable weights;
+  encoder-only adapters for any task model that ships its own head (``attach_encoder_lora``,
+  ``save_encoder_adapter``, ``load_encoder_adapter``: prompt segmentation, registration, report).
 - ``radfm.adapters.fewshot``: ``adapt(...)`` from K labelled cases (strategies linear / lora / full /
   auto), ``load_adapted`` and ``predict_volume``.
 - ``radfm.adapters.cli``: ``radfm adapt TASK --data DIR --shots K``.
@@ -24,6 +26,9 @@ _EXPORTS = {
     "merge": "radfm.adapters.lora",
     "trainable_parameters": "radfm.adapters.lora",
     "encoder_sha256": "radfm.adapters.lora",
+    "attach_encoder_lora": "radfm.adapters.lora",
+    "save_encoder_adapter": "radfm.adapters.lora",
+    "load_encoder_adapter": "radfm.adapters.lora",
     "read_adapter_meta": "radfm.adapters.lora",
     "AdaptResult": "radfm.adapters.fewshot",
     "AugmentConfig": "radfm.adapters.fewshot",

@@ -42,12 +42,15 @@ __all__ = [
     "LoraSpec",
     "adapter_meta",
     "add_adapter",
+    "attach_encoder_lora",
     "attach_lora",
     "encoder_sha256",
     "load_adapters",
+    "load_encoder_adapter",
     "merge",
     "read_adapter_meta",
     "save_adapter",
+    "save_encoder_adapter",
     "trainable_parameters",
     "use_adapter",
 ]
@@ -140,6 +143,22 @@ def _base(model: nn.Module) -> RadFMForDenseSegmentation:
     return base
 
 
+def _encoder_of(model: nn.Module) -> nn.Module:
+    """The shared encoder of ``model`` (a RadFMEncoder, a task model with ``.encoder``, or a PeftModel)."""
+    from peft import PeftModel
+
+    from radfm.models.encoder import RadFMEncoder
+
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    if isinstance(base, RadFMEncoder):
+        return base
+    encoder = getattr(base, "encoder", None)
+    if encoder is None:
+        raise InputError(f"{type(base).__name__} has no shared encoder (.encoder).",
+                         "LoRA adapters in radfm adapt the shared RadFMEncoder of a task model.")
+    return encoder
+
+
 def _registry(peft_model: nn.Module) -> _Registry:
     reg = getattr(peft_model, "_radfm_registry", None)
     if reg is None:
@@ -166,12 +185,10 @@ def encoder_sha256(model: nn.Module) -> str:
     """SHA-256 of the base encoder's weights (names, dtypes, shapes, bytes), LoRA layers ignored.
 
     Why the weights and not the file: the same weights saved twice (or re-sharded) must match, and
-    an adapter trained on one encoder must be refused on another. Accepts a ``RadFMEncoder``, a
-    ``RadFMForDenseSegmentation`` or a PeftModel around one.
+    an adapter trained on one encoder must be refused on another. Accepts a ``RadFMEncoder``, any
+    task model whose ``encoder`` is one, or a PeftModel around either.
     """
-    from radfm.models.encoder import RadFMEncoder
-
-    encoder = model if isinstance(model, RadFMEncoder) else _base(model).encoder
+    encoder = _encoder_of(model)
     h = hashlib.sha256()
     entries = {}
     for name, tensor in encoder.state_dict().items():
@@ -532,3 +549,102 @@ def trainable_parameters(model: nn.Module) -> dict[str, float]:
             trainable += p.numel()
     return {"trainable": int(trainable), "total": int(total),
             "percent": float(100.0 * trainable / total) if total else 0.0}
+
+
+# ----------------------------------------------------------------------------- encoder-only adapters
+# Task models whose head ships in the task's own weights (prompt segmentation, registration, the
+# report bridge) keep one adapter: LoRA factors on the shared encoder, saved apart in the same peft
+# layout + radfm_adapter.json, and usually merged at load so inference runs without peft.
+def attach_encoder_lora(
+    model: nn.Module,
+    spec: LoraSpec | None = None,
+    *,
+    trainable_modules: Sequence[str] = (),
+    adapter_name: str = "default",
+) -> Any:
+    """Wrap ``model`` with peft LoRA on its encoder; ``trainable_modules`` (attribute names) stay trainable.
+
+    Unlike :func:`attach_lora`, the head is not a per-adapter peft copy: it belongs to the task
+    model and is saved with it, so the adapter directory holds only the encoder's LoRA factors.
+    """
+    from peft import get_peft_model
+
+    _encoder_of(model)
+    spec = spec or LoraSpec()
+    peft_model = get_peft_model(model, spec.to_peft_config(modules_to_save=()), adapter_name=adapter_name)
+    for name in trainable_modules:
+        for p in getattr(model, name).parameters():
+            p.requires_grad_(True)
+    _registry(peft_model).meta[adapter_name] = {"lora": spec.to_dict(), "modules_to_save": []}
+    return peft_model
+
+
+def save_encoder_adapter(
+    peft_model: Any,
+    directory: str | Path,
+    *,
+    task: str,
+    base_encoder: str | Path | None = None,
+    adapter_name: str = "default",
+) -> Path:
+    """Write the encoder's LoRA factors of ``adapter_name`` apart (peft layout + ``radfm_adapter.json``)."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    peft_model = _require_peft(peft_model)
+    _require_adapter(peft_model, adapter_name)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / ADAPTER_WEIGHTS),
+              metadata={"format": "pt"})
+    config = copy.deepcopy(peft_model.peft_config[adapter_name])
+    config.inference_mode = True
+    config.save_pretrained(str(out))
+    encoder = _encoder_of(peft_model)
+    meta = adapter_meta(peft_model, adapter_name)
+    record = {"format": "radfm-adapter", "version": 1, "task": task, "name": adapter_name,
+              "lora": meta.get("lora", {}), "modules_to_save": [],
+              "base_encoder": {"path": str(base_encoder) if base_encoder else None,
+                               "sha256": encoder_sha256(encoder), "config": encoder.config.to_diff_dict()}}
+    (out / ADAPTER_META_FILENAME).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return out
+
+
+def load_encoder_adapter(model: nn.Module, directory: str | Path, *, merge: bool = True,
+                         check_base: bool = True) -> Any:
+    """Apply an adapter written by :func:`save_encoder_adapter` to ``model``; merged by default.
+
+    Raises ConfigError when the adapter was trained on another encoder (SHA-256 recorded at save
+    time) or its weights do not fit this model.
+    """
+    import warnings
+
+    from peft import PeftConfig, get_peft_model
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if not (d / ADAPTER_CONFIG).is_file() or not (d / ADAPTER_WEIGHTS).is_file():
+        raise ConfigError(f"{d} is not a LoRA adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}).")
+    if check_base and (d / ADAPTER_META_FILENAME).is_file():
+        want = read_adapter_meta(d).get("base_encoder", {}).get("sha256")
+        have = encoder_sha256(model)
+        if want and want != have:
+            raise ConfigError(f"the adapter in {d} was trained on encoder {want[:12]}…, this model's encoder is "
+                              f"{have[:12]}….", "Use the encoder (model folder) the adapter was trained with.")
+    config = PeftConfig.from_pretrained(str(d))
+    config.inference_mode = True
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5 (FutureWarning noise)
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(model, config, adapter_name="default")
+    res = set_peft_model_state_dict(peft_model, load_file(str(d / ADAPTER_WEIGHTS)), adapter_name="default")
+    if res.unexpected_keys:
+        raise ConfigError(f"the adapter in {d} does not fit this model: unexpected keys {list(res.unexpected_keys)[:5]}.")
+    if not merge:
+        return peft_model
+    _patch_pointwise_conv3d_merge(peft_model)
+    merged = peft_model.merge_and_unload()
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    return merged.eval()

@@ -19,7 +19,6 @@ then a few MB of decoder and LoRA weights over the starter encoder the package a
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -382,101 +381,13 @@ def _starter_encoder() -> RadFMEncoder:
 
 
 # ----------------------------------------------------------------------------- LoRA (peft via radfm.adapters)
-# radfm.adapters.lora.attach_lora/save_adapter/load_adapters only accept the dense-segmentation model
-# (its `_base` check); the pieces that are model-agnostic (LoraSpec → peft LoraConfig, encoder_sha256,
-# the on-disk names) are used from there, and the same peft layout is written here.
+# The encoder-only adapter API of radfm.adapters.lora: LoRA factors on the shared encoder saved
+# apart (`adapter/`), the head kept in the model's own safetensors (no duplicate head copy).
 SEG_TASK = "prompt-segmentation"
 
 
 def attach_seg_lora(model: RadFMPromptSegmenter, spec: Any = None, *, train_head: bool = True) -> Any:
-    """Wrap ``model`` with peft LoRA on its encoder; the head modules stay trainable in the base model.
+    """Wrap ``model`` with peft LoRA on its encoder, the prompt encoder and mask decoder trainable."""
+    from radfm.adapters.lora import attach_encoder_lora
 
-    Why the head is not a peft ``modules_to_save`` copy: the shipped model keeps its head in
-    ``model.safetensors`` and only the encoder's LoRA factors in ``adapter/`` (no duplicate head,
-    which keeps the package small). Returns the ``PeftModel``.
-    """
-    from peft import get_peft_model
-
-    from radfm.adapters.lora import LoraSpec
-
-    spec = spec or LoraSpec()
-    peft_model = get_peft_model(model, spec.to_peft_config(modules_to_save=()), adapter_name="default")
-    if train_head:
-        for name in RadFMPromptSegmenter.head_modules:
-            for p in getattr(model, name).parameters():
-                p.requires_grad_(True)
-    peft_model._radfm_lora_spec = spec
-    return peft_model
-
-
-def save_seg_adapter(peft_model: Any, directory: str | Path, *, base_encoder: str = "") -> Path:
-    """Write the encoder's LoRA factors apart (peft layout + ``radfm_adapter.json`` with the encoder's SHA-256)."""
-    import json
-
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    from radfm.adapters.lora import ADAPTER_META_FILENAME, ADAPTER_WEIGHTS, encoder_sha256
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(peft_model, adapter_name="default")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / ADAPTER_WEIGHTS),
-              metadata={"format": "pt"})
-    config = peft_model.peft_config["default"]
-    inference_mode = config.inference_mode
-    config.inference_mode = True
-    config.save_pretrained(str(out))
-    config.inference_mode = inference_mode
-    base = peft_model.get_base_model()
-    spec = getattr(peft_model, "_radfm_lora_spec", None)
-    record = {"format": "radfm-adapter", "version": 1, "task": SEG_TASK, "name": "default",
-              "lora": spec.to_dict() if spec is not None else {}, "modules_to_save": [],
-              "base_encoder": {"path": base_encoder or None, "sha256": encoder_sha256(_plain_encoder(base)),
-                               "config": base.config.encoder_config.to_diff_dict()}}
-    (out / ADAPTER_META_FILENAME).write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return out
-
-
-def _plain_encoder(model: RadFMPromptSegmenter) -> RadFMEncoder:
-    return model.encoder
-
-
-def load_lora_adapter(model: RadFMPromptSegmenter, directory: str | Path, *, merge: bool = True,
-                      check_base: bool = True) -> Any:
-    """Apply a saved encoder adapter to ``model``; merged into the weights by default (plain model, fast).
-
-    Raises ConfigError when the adapter was trained on another encoder (SHA-256 recorded at save time).
-    """
-    import json
-
-    from peft import PeftConfig, get_peft_model
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    from radfm.adapters.lora import ADAPTER_CONFIG, ADAPTER_META_FILENAME, ADAPTER_WEIGHTS, encoder_sha256
-
-    d = Path(directory)
-    if not (d / ADAPTER_CONFIG).is_file() or not (d / ADAPTER_WEIGHTS).is_file():
-        raise ConfigError(f"{d} is not a LoRA adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}).")
-    meta_path = d / ADAPTER_META_FILENAME
-    if check_base and meta_path.is_file():
-        want = json.loads(meta_path.read_text()).get("base_encoder", {}).get("sha256")
-        have = encoder_sha256(model.encoder)
-        if want and want != have:
-            raise ConfigError(f"the adapter in {d} was trained on encoder {want[:12]}…, this model's encoder is "
-                              f"{have[:12]}….", "Use the encoder (model folder) the adapter was trained with.")
-    config = PeftConfig.from_pretrained(str(d))
-    config.inference_mode = True
-    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5 (FutureWarning noise)
-        warnings.simplefilter("ignore", FutureWarning)
-        peft_model = get_peft_model(model, config, adapter_name="default")
-    res = set_peft_model_state_dict(peft_model, load_file(str(d / ADAPTER_WEIGHTS)), adapter_name="default")
-    if res.unexpected_keys:
-        raise ConfigError(f"the adapter in {d} does not fit this model: unexpected keys {list(res.unexpected_keys)[:5]}.")
-    if not merge:
-        return peft_model
-    merged = peft_model.merge_and_unload()
-    for p in merged.parameters():
-        p.requires_grad_(False)
-    return merged.eval()
+    return attach_encoder_lora(model, spec, trainable_modules=RadFMPromptSegmenter.head_modules if train_head else ())

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from radfm.adapters.lora import load_encoder_adapter
 from radfm.check import require_valid
 from radfm.data.patches import model_to_canonical
 from radfm.errors import ConfigError, InputError
@@ -35,7 +36,7 @@ from radfm.io import check_inside, native_index_to_canonical, world_to_canonical
 from radfm.io.volume import Volume
 from radfm.models.encoder_config import MODALITY_IDS
 from radfm.preprocess.plan import PreparedInput, PreprocessPlan, apply_plan
-from radfm.tasks.segmentation.model import ImageEmbeddings, RadFMPromptSegmenter, load_lora_adapter
+from radfm.tasks.segmentation.model import ImageEmbeddings, RadFMPromptSegmenter
 
 __all__ = ["SegPredictor", "SegResult", "default_model_dir", "load_segmenter", "mask_summary", "segment_file"]
 
@@ -69,7 +70,7 @@ def load_segmenter(model_dir: str | Path | None = None, *, adapter: str | Path |
     if adapter is not None and not adapter_dir.is_dir():
         raise ConfigError(f"adapter folder {adapter_dir} does not exist.", "Pass the folder written by save_adapter.")
     if adapter_dir.is_dir():
-        model = load_lora_adapter(model, adapter_dir)
+        model = load_encoder_adapter(model, adapter_dir)
     if model.preprocess_plan is None:
         raise ConfigError(f"{path} has no preprocess_plan.json.", "Re-save the model with its plan.")
     return model.eval()

@@ -373,7 +373,7 @@ def train(model: RadFMPromptSegmenter, cases: Sequence[TrainCase], cfg: TrainCon
 
     Returns ``{"loss": [...], "seconds": s, "trainable": n, "lora": bool, "model": trained model}``;
     with LoRA, ``result["peft_model"]`` is the wrapped model (save its adapter with
-    ``radfm.tasks.segmentation.model.save_seg_adapter``) and ``result["model"]`` the same base model.
+    ``radfm.adapters.lora.save_encoder_adapter``) and ``result["model"]`` the same base model.
     """
     from monai.losses import DiceFocalLoss
     from tqdm.auto import tqdm
@@ -537,8 +537,9 @@ def build_model(encoder: Any = None, *, encoder_source: str = "included", class_
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train (and save) a prompt segmenter on phantoms (+ optional labelled folders)."""
+    from radfm.adapters.lora import save_encoder_adapter
     from radfm.data.phantom import HEAD_LABELS, TORSO_LABELS
-    from radfm.tasks.segmentation.model import save_seg_adapter
+    from radfm.tasks.segmentation.model import SEG_TASK
 
     p = argparse.ArgumentParser(prog="python -m radfm.tasks.segmentation.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -582,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = train(model, cases, cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     if result["peft_model"] is not None:
-        save_seg_adapter(result["peft_model"], args.out / "adapter", base_encoder=source)
+        save_encoder_adapter(result["peft_model"], args.out / "adapter", task=SEG_TASK, base_encoder=source)
         # The head is saved in model.safetensors, LoRA factors apart: unwrap without merging.
         model = result["peft_model"].unload()
     model.preprocess_plan = plan

@@ -1,4 +1,4 @@
-"""LoRA adapters on the dense segmentation model: save/load, several at once, switching, merging."""
+"""LoRA adapters: on the dense segmentation model (save/load, several at once, switching, merging) and encoder-only adapters on any task model."""
 
 from __future__ import annotations
 
@@ -182,3 +182,55 @@ def test_an_adapter_is_refused_on_another_encoder(encoder, tmp_path) -> None:
         load_adapters(base_model(other), {"liver": tmp_path / "liver"})
     with pytest.raises(InputError, match="not a radfm adapter"):
         load_adapters(base_model(encoder), {"x": tmp_path})
+
+
+class _PooledClassifier(torch.nn.Module):
+    """Any task model with a shared ``encoder`` and its own head (here: a pooled linear classifier)."""
+
+    def __init__(self, encoder: RadFMEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.classifier = torch.nn.Linear(encoder.config.hidden_size, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encoder(x).last_hidden_state.mean(1))
+
+
+def test_encoder_only_adapter_on_any_task_model(encoder, tmp_path) -> None:
+    """attach → train → save apart → load (merged) reproduces the outputs; another encoder is refused."""
+    import copy
+
+    from radfm.adapters.lora import attach_encoder_lora, load_encoder_adapter, save_encoder_adapter
+
+    torch.manual_seed(3)
+    model = _PooledClassifier(copy.deepcopy(encoder))
+    head_state = copy.deepcopy(model.classifier.state_dict())
+    pm = attach_encoder_lora(model, LoraSpec(r=4, alpha=8), trainable_modules=("classifier",))
+    trainable = {n for n, p in pm.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any("classifier" in n for n in trainable)
+    assert not any("encoder" in n and "lora_" not in n for n in trainable)  # encoder weights frozen
+    opt = torch.optim.Adam([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = pm(X).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pm.eval()
+    with torch.no_grad():
+        expected = pm(X)
+    save_encoder_adapter(pm, tmp_path / "a", task="classification", base_encoder="/enc")
+    meta = read_adapter_meta(tmp_path / "a")
+    assert meta["task"] == "classification" and meta["lora"]["r"] == 4
+    assert meta["base_encoder"]["sha256"] == encoder_sha256(encoder)
+
+    fresh = _PooledClassifier(copy.deepcopy(encoder))
+    fresh.classifier.load_state_dict(pm.get_base_model().classifier.state_dict())
+    assert not torch.equal(fresh.classifier.weight, head_state["weight"])  # the head trained too
+    merged = load_encoder_adapter(fresh, tmp_path / "a")
+    assert not any("lora_" in n for n, _ in merged.named_parameters())  # plain modules again
+    with torch.no_grad():
+        assert torch.allclose(merged(X), expected, atol=1e-5)
+    torch.manual_seed(9)
+    other = _PooledClassifier(RadFMEncoder(RadFMEncoderConfig.from_preset("tiny")))
+    with pytest.raises(ConfigError, match="trained on encoder"):
+        load_encoder_adapter(other, tmp_path / "a")

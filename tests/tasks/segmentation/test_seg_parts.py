@@ -9,14 +9,10 @@ import torch
 from segtest_utils import tiny_model
 from torch import nn
 
+from radfm.adapters.lora import load_encoder_adapter, read_adapter_meta, save_encoder_adapter
 from radfm.errors import InputError
 from radfm.tasks.segmentation.mask_decoder import conv_transpose_cl
-from radfm.tasks.segmentation.model import (
-    RadFMPromptSegmenter,
-    attach_seg_lora,
-    load_lora_adapter,
-    save_seg_adapter,
-)
+from radfm.tasks.segmentation.model import SEG_TASK, RadFMPromptSegmenter, attach_seg_lora
 from radfm.tasks.segmentation.prompt_encoder import PositionEmbeddingRandom3d, PromptEncoder3d
 
 
@@ -106,7 +102,8 @@ def test_save_without_encoder_and_lora_adapter_round_trip(tmp_path: Path) -> Non
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    save_seg_adapter(peft_model, tmp_path / "m" / "adapter")
+    save_encoder_adapter(peft_model, tmp_path / "m" / "adapter", task=SEG_TASK)
+    assert read_adapter_meta(tmp_path / "m" / "adapter")["lora"]["r"] == 8
     base = peft_model.unload()  # the base model without LoRA layers, same (untouched) encoder weights
     base.save_pretrained(tmp_path / "m", include_encoder=False)
     x = torch.randn(1, 1, 32, 32, 32)
@@ -114,15 +111,15 @@ def test_save_without_encoder_and_lora_adapter_round_trip(tmp_path: Path) -> Non
     ref_model = tiny_model()
     ref_model.load_state_dict(base.state_dict())
     with torch.no_grad():
-        expected = load_lora_adapter(ref_model, tmp_path / "m" / "adapter")(x, **kw).masks
+        expected = load_encoder_adapter(ref_model, tmp_path / "m" / "adapter")(x, **kw).masks
     loaded = RadFMPromptSegmenter.from_pretrained(tmp_path / "m", encoder=tiny_model().encoder)
-    merged = load_lora_adapter(loaded, tmp_path / "m" / "adapter")
+    merged = load_encoder_adapter(loaded, tmp_path / "m" / "adapter")
     with torch.no_grad():
         assert torch.allclose(merged(x, **kw).masks, expected, atol=1e-5)
         assert not torch.allclose(base(x, **kw).masks, expected, atol=1e-4)  # LoRA changed the output
     other = tiny_model(seed=5)
     with pytest.raises(Exception, match="trained on encoder"):
-        load_lora_adapter(other, tmp_path / "m" / "adapter")
+        load_encoder_adapter(other, tmp_path / "m" / "adapter")
 
 
 def test_prompt_maps_are_gaussian_clicks_and_box_insides() -> None:
