@@ -13,8 +13,7 @@ Names are imported lazily: peft and MONAI load only when an adapter function is 
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from radfm._lazy import lazy_getattr
 
 _EXPORTS = {
     "LoraSpec": "radfm.adapters.lora",
@@ -41,8 +40,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'radfm.adapters' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -8,10 +8,8 @@ results back in the study's own space. Tasks live in ``radfm.tasks.<task>``, ada
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
 from radfm import _torchvision_compat
+from radfm._lazy import lazy_getattr
 
 _torchvision_compat.install()  # before anything imports transformers / open_clip
 
@@ -27,8 +25,4 @@ _EXPORTS = {
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'radfm' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

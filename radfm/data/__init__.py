@@ -8,8 +8,7 @@ only when a function needing them is used).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from radfm._lazy import lazy_getattr
 
 _EXPORTS = {
     "Finding": "radfm.data.findings",
@@ -39,8 +38,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'radfm.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -13,8 +13,7 @@ or torch, and the ``serve`` extra is needed only when serving.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from radfm._lazy import lazy_getattr
 
 _EXPORTS = {
     "ServeSettings": "radfm.serve.app",
@@ -34,8 +33,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'radfm.serve' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

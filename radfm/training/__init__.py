@@ -6,8 +6,7 @@ command. Names are imported lazily so ``radfm --help`` does not import torch/acc
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from radfm._lazy import lazy_getattr
 
 _EXPORTS = {
     "PretrainConfig": "radfm.training.pretrain",
@@ -28,8 +27,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'radfm.training' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

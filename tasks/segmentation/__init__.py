@@ -11,8 +11,7 @@ tokens, pyramid-fusing upscaling, IoU head), ``model`` (assembly, save/load), ``
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from radfm._lazy import lazy_getattr
 
 _EXPORTS = {
     "RadFMSegConfig": "radfm.tasks.segmentation.model",
@@ -29,8 +28,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'radfm.tasks.segmentation' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
