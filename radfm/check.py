@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from radfm.errors import InputError
+from radfm.io.readers import looks_like_ct
 from radfm.io.volume import MODALITIES, Volume
 
 log = logging.getLogger(__name__)
@@ -507,13 +508,6 @@ def _finite_min_max(arr: np.ndarray, finite: np.ndarray | None) -> tuple[float, 
     return (float(vals.min()), float(vals.max())) if vals.size else (math.nan, math.nan)
 
 
-def _looks_like_hu(values: np.ndarray) -> bool:
-    """Air near −1000 HU and soft tissue/water near 0: the signature of CT in Hounsfield units."""
-    air = np.mean((values >= -1100) & (values <= -900))
-    soft = np.mean((values >= -200) & (values <= 300))
-    return bool(air >= 0.005 and soft >= 0.02 and np.percentile(values, 99.5) <= 4000)
-
-
 def _check_modality(volume: Volume, declared: str | None, values: np.ndarray, vmin: float, vmax: float,
                     found: _Findings, summary: dict[str, Any], *, judge: bool) -> None:
     """Settle the modality (declared > volume's own > detected) and run the modality's intensity checks."""
@@ -527,7 +521,7 @@ def _check_modality(volume: Volume, declared: str | None, values: np.ndarray, vm
     else:
         modality = volume.modality or "unknown"
         source = volume.meta.get("modality_source") or ("declared" if modality != "unknown" else "none")
-    hu_like = judge and _looks_like_hu(values)
+    hu_like = judge and looks_like_ct(values)
     if (modality == "unknown" and hu_like) or (modality == "CT" and source == "detected"):
         modality, source = "CT", "detected"
         found.info("modality_detected", "No modality was given or found in the header; the intensities "
@@ -562,7 +556,7 @@ def _check_modality(volume: Volume, declared: str | None, values: np.ndarray, vm
 def _ct_not_hu(values: np.ndarray, vmin: float, vmax: float) -> str:
     """Why a declared CT does not look like Hounsfield units ("" when it does)."""
     p05, p995 = np.percentile(values, [0.5, 99.5])
-    if vmin >= 0 and (vmax > 2000 or _looks_like_hu(values - 1024)):
+    if vmin >= 0 and (vmax > 2000 or looks_like_ct(values - 1024)):
         return (f"its values run from {vmin:g} to {vmax:g} with nothing below 0: these are raw stored values "
                 "(air near 0 instead of −1000 HU), the rescale intercept was not applied.")
     if vmax - vmin <= 50:

@@ -267,18 +267,23 @@ def normalise_modality(modality: str) -> str:
 
 
 def looks_like_ct(array: np.ndarray) -> bool:
-    """True when intensities look like CT in HU: air near -1000 HU in a fair fraction of voxels.
+    """True when intensities look like CT in HU: some air near −1000 HU and soft tissue near 0.
 
-    Deliberately conservative: nothing but CT has many voxels below -500 with a peak of air
-    around -1000; everything else stays "unknown" rather than guessed.
+    The one CT-in-HU test of radfm (reading and ``radfm check`` share it). Conservative: anything
+    else stays "unknown" rather than guessed. Big volumes are subsampled for speed.
     """
-    if array.ndim != 3 or array.dtype.kind not in "if":
+    if array.dtype.kind not in "if" or array.size == 0:
         return False
-    step = max(1, round((array.size / 2_000_000) ** (1 / 3)))  # subsample big volumes for speed
-    sample = array[::step, ::step, ::step]
-    below = float(np.mean(sample < -500))
-    air = float(np.mean((sample >= -1100) & (sample <= -850)))
-    return below >= 0.05 and air >= 0.02
+    values = np.asarray(array)
+    if values.ndim == 3:
+        step = max(1, round((values.size / 2_000_000) ** (1 / 3)))
+        values = values[::step, ::step, ::step]
+    values = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
+    if values.size == 0:
+        return False
+    air = np.mean((values >= -1100) & (values <= -900))
+    soft = np.mean((values >= -200) & (values <= 300))
+    return bool(air >= 0.005 and soft >= 0.02 and np.percentile(values, 99.5) <= 4000)
 
 
 def resolve_modality(declared: str | None, header: str, array: np.ndarray) -> tuple[str, str]:
