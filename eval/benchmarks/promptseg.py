@@ -95,17 +95,18 @@ def load_targets(data: Path, quick: bool = False) -> list[Target]:
 
 
 # ----------------------------------------------------------------------------- the two methods
-def model_session(predictor: SegPredictor, target: Target, n_clicks: int) -> tuple[list[float], list[float], list[float]]:
-    """Dice per click, per-click seconds and predicted IoU per click for the prompt segmenter."""
+def model_session(predictor: SegPredictor, target: Target, n_clicks: int,
+                  ) -> tuple[list[float], list[float], list[tuple[float, float, float | None]]]:
+    """Dice per click, per-click seconds and (predicted IoU, stability, expected Dice) per click."""
     times: list[float] = []
-    scores: list[float] = []
+    scores: list[tuple[float, float, float | None]] = []
 
     def predict(points: np.ndarray, labels: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         native = canonical_index_to_native(points, target.volume)
         t = time.perf_counter()
         r = predictor.predict(points=native, labels=labels, mask_input=state, multimask=len(points) == 1)
         times.append(time.perf_counter() - t)
-        scores.append(r.score)
+        scores.append((r.score, float(r.stability or 0.0), r.expected_dice))
         return r.mask.astype(bool), r
 
     dices, _ = interactive_session(predict, target.gt, n_clicks, spacing=target.volume.spacing)
@@ -261,7 +262,7 @@ def _mean_at(rows: list[list[float]], k: int) -> float:
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; write the ``promptseg`` section of docs/benchmarks.md, the JSON and the plot."""
-    from radfm.tasks.segmentation.calibration import reliability
+    from radfm.tasks.segmentation.calibration import quality_signal, reliability
     from radfm.viz import save_curve
 
     args = _parser().parse_args(list(argv or []))
@@ -289,7 +290,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         cal_pairs.append((scores[0], d_model[0]))
         per_object.append({"group": tgt.group, "object": tgt.name, "voxels": int(tgt.gt.sum()),
                            "model": [round(v, 4) for v in d_model], "random_walker": [round(v, 4) for v in d_rw],
-                           "score_click1": round(scores[0], 4)})
+                           "score_click1": round(scores[0][0], 4), "stability_click1": round(scores[0][1], 4),
+                           "expected_dice_click1": scores[0][2]})
         print(f"{tgt.group:20s} {tgt.name:28s} model {[round(d_model[k - 1], 3) for k in CLICKS if k <= args.clicks]} "
               f"rw {[round(d_rw[k - 1], 3) for k in CLICKS if k <= args.clicks]}", flush=True)
     clicks = [k for k in CLICKS if k <= args.clicks]
@@ -309,14 +311,26 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     pb.set_volume(targets[0].volume)
     _, tb, _ = model_session(pb, targets[0], min(args.clicks, 5))
     per_click["bf16"] = statistics.median(tb[1:]) if len(tb) > 1 else float("nan")
-    scores = np.array([s for s, _ in cal_pairs])
+    scores = np.array([s[0] for s, _ in cal_pairs])
+    stabs = np.array([s[1] for s, _ in cal_pairs])
+    expected = [s[2] for s, _ in cal_pairs]
     dices = np.array([d for _, d in cal_pairs])
     cal = getattr(predictor, "calibration", None)
+    offset = (cal.stability_offset if cal is not None else None) or 1.0  # what the predictor measured
+
+    def rho(a: np.ndarray) -> float | None:
+        if len(a) < 3 or np.std(a) == 0:
+            return None
+        return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(dices)))[0, 1])
+
     calib = {"reliability_raw": reliability(scores, dices, n_bins=3),
              "mae_raw": float(np.mean(np.abs(scores - dices))),
-             "mae_calibrated": float(np.mean(np.abs(cal.expected_dice(scores) - dices))) if cal is not None else None,
-             "spearman": float(np.corrcoef(np.argsort(np.argsort(scores)), np.argsort(np.argsort(dices)))[0, 1])
-             if len(scores) > 2 else None}
+             "signal": cal.signal if cal is not None else None,
+             "mae_calibrated": float(np.mean(np.abs(np.array(expected, float) - dices)))
+             if cal is not None and None not in expected else None,
+             "spearman": rho(scores),
+             "spearman_by_signal": {k: rho(np.asarray(quality_signal(k, scores, stabs), float))
+                                    for k in ("iou", f"stability@{offset:g}", f"iou_x_stability@{offset:g}")}}
     memory = memory_run(data) if args.memory else None
     results = {"clicks": clicks, "objects": per_object, "gain_vs_random_walker": gain, "embedding_s": lat,
                "per_click_s_median": per_click, "random_walker_s_median": statistics.median(rw_times),
@@ -370,9 +384,12 @@ def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict[str
         "seed against a whole border is a weak start for a random walker; it catches up with more clicks. "
         "Dice on the scan's own grid, fp32.",
         "",
-        f"Calibration of the predicted IoU after click 1 on these real objects: {rel}; mean |score − Dice| "
-        f"{calib['mae_raw']:.3f} raw" + (f", {mc:.3f} after the shipped phantom calibration" if mc is not None else "")
-        + (f"; Spearman {calib['spearman']:.2f}." if calib["spearman"] is not None else "."),
+        f"Calibration after click 1 on these real objects. Predicted IoU: {rel}; mean |predicted IoU − Dice| "
+        f"{calib['mae_raw']:.3f}. The shipped calibration reads the `{calib['signal']}` signal (chosen on held-out "
+        "phantoms)" + (f": mean |expected Dice − Dice| {mc:.3f}" if mc is not None else "")
+        + ". Spearman rank correlation with real Dice by signal: "
+        + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in calib["spearman_by_signal"].items())
+        + ".",
         "",
         f"Peak RSS of the benchmark process: {results['peak_rss_mib_this_process']:.0f} MiB. Random-walker solve: "
         f"median {results['random_walker_s_median']:.2f} s per click. Plot: `{plot.name}`.",

@@ -21,7 +21,58 @@ import numpy as np
 
 from radfm.errors import ConfigError, InputError
 
-__all__ = ["Calibration", "fit_calibration", "isotonic_fit", "reliability"]
+__all__ = [
+    "QUALITY_SIGNALS",
+    "STABILITY_OFFSETS",
+    "Calibration",
+    "fit_best_calibration",
+    "fit_calibration",
+    "isotonic_fit",
+    "quality_signal",
+    "reliability",
+    "signal_offset",
+    "stability_score",
+]
+
+#: Logit offsets at which the stability score is measured (the model's logits are not on SAM's scale,
+#: so the offset that best separates good from bad masks is chosen on held-out data).
+STABILITY_OFFSETS: tuple[float, ...] = (0.25, 0.5, 1.0)
+
+#: Quality signals a calibration can map to an expected Dice: the IoU head's prediction, SAM's
+#: stability score at a logit offset (how much the mask changes when the threshold moves by ±offset),
+#: or their product. Names: "iou", "stability@0.5", "iou_x_stability@0.5".
+QUALITY_SIGNALS: tuple[str, ...] = ("iou", *(f"{kind}@{o:g}" for kind in ("stability", "iou_x_stability")
+                                              for o in STABILITY_OFFSETS))
+
+
+def stability_score(logits: Any, offset: float = 1.0) -> float:
+    """SAM's stability score: ``|logits > +offset| / |logits > -offset|`` (1 = a crisp, stable mask).
+
+    Why beside the IoU head: it needs no training, so it stays informative when the IoU head has
+    not learned (or has collapsed to the mean) on a new domain. An empty mask scores 0.
+    """
+    import torch
+
+    lg = torch.as_tensor(logits).float()
+    outer = int((lg > -offset).sum())
+    return float(int((lg > offset).sum()) / outer) if outer else 0.0
+
+
+def signal_offset(kind: str) -> float | None:
+    """The stability offset a signal name uses (``None`` for "iou")."""
+    return float(kind.split("@", 1)[1]) if "@" in kind else None
+
+
+def quality_signal(kind: str, iou: Any, stability: Any) -> Any:
+    """The named signal from the predicted IoU and the stability score at the signal's offset."""
+    base = kind.split("@", 1)[0]
+    if kind == "iou":
+        return iou
+    if "@" not in kind or base not in ("stability", "iou_x_stability"):
+        raise ConfigError(f"unknown quality signal {kind!r}.", f"Use one of {', '.join(QUALITY_SIGNALS)}.")
+    if base == "stability":
+        return stability
+    return np.asarray(iou, float) * np.asarray(stability, float)
 
 
 def isotonic_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +112,10 @@ def reliability(score: np.ndarray, dice: np.ndarray, n_bins: int = 5) -> list[di
 
 @dataclass
 class Calibration:
-    """Monotone map predicted IoU → expected Dice, with a low-confidence threshold.
+    """Monotone map quality signal (predicted IoU by default) → expected Dice, with a low-confidence threshold.
 
     Attributes:
+        signal: which quality signal the map reads (see :data:`QUALITY_SIGNALS`).
         xs, ys: isotonic breakpoints (score, expected Dice); outside them the end values hold.
         threshold: expected Dice below which a mask is flagged ``low_confidence``.
         n: number of held-out objects it was fitted on.
@@ -78,6 +130,17 @@ class Calibration:
     reliability: list[dict[str, float]] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    signal: str = "iou"
+
+    @property
+    def stability_offset(self) -> float | None:
+        """Logit offset of the stability score this calibration reads (``None``: IoU only)."""
+        return signal_offset(self.signal)
+
+    def signal_of(self, iou: Any, stability: Any) -> Any:
+        """This calibration's input value for a mask's predicted IoU and its stability score
+        (measured at :attr:`stability_offset`)."""
+        return quality_signal(self.signal, iou, stability)
 
     def expected_dice(self, score: float | np.ndarray) -> float | np.ndarray:
         """Expected Dice of a mask whose predicted IoU is ``score``."""
@@ -101,7 +164,12 @@ class Calibration:
             raise ConfigError(f"cannot read the calibration file {path}: {exc}.") from exc
         if data.get("format") != "radfm-iou-calibration":
             raise ConfigError(f"{path} is not a radfm IoU calibration file.")
-        fields = {k: data[k] for k in ("xs", "ys", "threshold", "n", "reliability", "stats", "note") if k in data}
+        fields = {k: data[k] for k in ("xs", "ys", "threshold", "n", "reliability", "stats", "note", "signal")
+                  if k in data}
+        try:
+            quality_signal(fields.get("signal", "iou"), 0.0, 0.0)
+        except ConfigError as exc:
+            raise ConfigError(f"{path} names an unknown quality signal {fields['signal']!r}.") from exc
         return cls(**fields)
 
 
@@ -113,7 +181,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fit_calibration(score: Any, dice: Any, *, threshold: float = 0.5, n_bins: int = 5,
-                    note: str = "") -> Calibration:
+                    note: str = "", signal: str = "iou") -> Calibration:
     """Fit the isotonic map on held-out ``(predicted IoU, real Dice)`` pairs (1D arrays, same length)."""
     s, d = np.asarray(score, float).ravel(), np.asarray(dice, float).ravel()
     if s.shape != d.shape or s.size < 2:
@@ -125,4 +193,17 @@ def fit_calibration(score: Any, dice: Any, *, threshold: float = 0.5, n_bins: in
     stats = {"mae_raw": float(np.mean(np.abs(s - d))), "mae_calibrated": float(np.mean(np.abs(fitted - d))),
              "spearman": _spearman(s, d), "mean_score": float(s.mean()), "mean_dice": float(d.mean())}
     return Calibration(xs=xs.tolist(), ys=ys.tolist(), threshold=float(threshold), n=int(s.size),
-                       reliability=reliability(s, d, n_bins), stats=stats, note=note)
+                       reliability=reliability(s, d, n_bins), stats=stats, note=note, signal=signal)
+
+
+def fit_best_calibration(signals: dict[str, Any], dice: Any, **kwargs: Any) -> Calibration:
+    """Fit on each candidate signal and keep the one that ranks held-out Dice best (Spearman).
+
+    The Spearman of every candidate is kept in ``stats["spearman_by_signal"]`` so the choice is visible.
+    """
+    fits = {k: fit_calibration(v, dice, signal=k, **kwargs) for k, v in signals.items()}
+    rho = {k: c.stats["spearman"] for k, c in fits.items()}
+    best = max(fits, key=lambda k: -np.inf if not np.isfinite(rho[k]) else rho[k])
+    out = fits[best]
+    out.stats["spearman_by_signal"] = rho
+    return out

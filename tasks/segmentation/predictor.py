@@ -36,6 +36,7 @@ from radfm.io import check_inside, native_index_to_canonical, world_to_canonical
 from radfm.io.volume import Volume
 from radfm.models.encoder_config import MODALITY_IDS
 from radfm.preprocess.plan import PreparedInput, PreprocessPlan, apply_plan
+from radfm.tasks.segmentation.calibration import stability_score
 from radfm.tasks.segmentation.model import ImageEmbeddings, RadFMPromptSegmenter
 
 __all__ = ["SegPredictor", "SegResult", "default_model_dir", "load_segmenter", "mask_summary", "segment_file"]
@@ -87,8 +88,10 @@ class SegResult:
         best_index: index of the chosen candidate.
         low_res_logits: ``(1, 1, 4gd, 4gh, 4gw)`` logits of the chosen mask, to pass back as
             ``mask_input`` in the next round (``None`` after a sliding-window box).
-        expected_dice: calibrated expected Dice for ``score`` (``None`` without calibration).
-        low_confidence: ``expected_dice`` (or ``score``) below the calibration's threshold.
+        stability: stability score of the chosen mask at the calibration's logit offset
+            (see ``calibration.stability_score``).
+        expected_dice: calibrated expected Dice from ``score`` / ``stability`` (``None`` without calibration).
+        low_confidence: ``expected_dice`` below the calibration's threshold.
         window: model-input window ``((z0, z1), (y0, y1), (x0, x1))`` the logits belong to.
     """
 
@@ -99,6 +102,7 @@ class SegResult:
     low_res_logits: torch.Tensor | None
     expected_dice: float | None = None
     low_confidence: bool = False
+    stability: float | None = None
     window: tuple[tuple[int, int], ...] | None = None
     _candidate_logits: torch.Tensor | None = field(default=None, repr=False)
     _to_canonical: Any = field(default=None, repr=False)
@@ -421,7 +425,8 @@ class SegPredictor:
 
         return self._result(mask=to_canonical(logits[best]), scores=scores, best=best,
                             low_res=out.low_res_logits[:, best:best + 1].float().clone(), window=window,
-                            candidate_logits=logits, to_canonical=to_canonical)
+                            candidate_logits=logits, to_canonical=to_canonical,
+                            stability=self._stability(logits[best]))
 
     def _mask_input(self, mask_input: SegResult | torch.Tensor | None, window: tuple[tuple[int, int], ...],
                     emb: ImageEmbeddings) -> torch.Tensor | None:
@@ -478,16 +483,22 @@ class SegPredictor:
         with self._autocast():
             return self.model.decode(emb, mask_inputs=mask_t, multimask_output=multimask, **kw)
 
+    def _stability(self, logits: torch.Tensor) -> float:
+        """Stability score at the calibration's logit offset (1.0, SAM's, without one)."""
+        offset = self.calibration.stability_offset if self.calibration is not None else None
+        return stability_score(logits, 1.0 if offset is None else offset)
+
     def _result(self, *, mask: np.ndarray, scores: np.ndarray, best: int, low_res: torch.Tensor | None,
                 window: tuple[tuple[int, int], ...] | None, candidate_logits: torch.Tensor | None = None,
-                to_canonical: Any = None) -> SegResult:
+                to_canonical: Any = None, stability: float | None = None) -> SegResult:
         score = float(np.clip(scores[best], 0.0, 1.0))
         expected, low = None, False
         if self.calibration is not None:
-            expected = float(self.calibration.expected_dice(score))
-            low = bool(self.calibration.is_low_confidence(score))
+            value = self.calibration.signal_of(score, stability if stability is not None else score)
+            expected = float(self.calibration.expected_dice(value))
+            low = bool(self.calibration.is_low_confidence(value))
         return SegResult(mask=mask, score=score, candidate_scores=scores, best_index=best, low_res_logits=low_res,
-                         expected_dice=expected, low_confidence=low, window=window,
+                         expected_dice=expected, low_confidence=low, stability=stability, window=window,
                          _candidate_logits=candidate_logits, _to_canonical=to_canonical)
 
     # --- sliding window for big boxes ---------------------------------------------------------
@@ -528,7 +539,8 @@ class SegPredictor:
         window = tuple(span)
         mask = self._logits_to_canonical(logits, window)
         self._window = None
-        return self._result(mask=mask, scores=np.array([float(np.mean(scores))]), best=0, low_res=None, window=window)
+        return self._result(mask=mask, scores=np.array([float(np.mean(scores))]), best=0, low_res=None, window=window,
+                            stability=self._stability(logits))
 
     # --- back to the volume's grid ------------------------------------------------------------
     def _logits_to_canonical(self, logits: torch.Tensor, window: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -663,6 +675,7 @@ def segment_file(image: str | Path, *, out: str | Path, points: Sequence[Sequenc
     summary: dict[str, Any] = {
         "mask": str(written), "score": round(result.score, 4),
         "expected_dice": None if result.expected_dice is None else round(result.expected_dice, 4),
+        "stability": None if result.stability is None else round(result.stability, 4),
         "low_confidence": result.low_confidence, **mask_summary(result.mask, volume),
         "prompts": {"points_voxel": [list(map(float, p)) for p in points], "points_mm": [list(map(float, p)) for p in points_mm],
                     "labels": [int(v) for v in all_labels], "box_voxel": None if box is None else [float(v) for v in box],

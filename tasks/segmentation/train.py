@@ -475,14 +475,17 @@ def evaluate_clicks(model: RadFMPromptSegmenter, cases: Sequence[TrainCase], *, 
                     ) -> dict[str, Any]:
     """Dice after 1..n_clicks simulated clicks on crops of held-out cases (model grid, no resampling).
 
-    Returns ``{"dice": (n_objects, n_clicks) array, "iou_pred": (n_objects, n_clicks) predicted IoU}``.
+    Returns ``{"dice", "iou_pred", "stability"}``: ``(n_objects, n_clicks)`` arrays of Dice and predicted
+    IoU, and ``(n_objects, n_clicks, len(STABILITY_OFFSETS))`` stability scores.
     The first click is the object's interior point, later ones follow :func:`next_click`; round 1
     uses the best of the candidates by predicted IoU, later rounds the single-mask output with the
     previous low-res mask, as the predictor does.
     """
     model.eval()
     rng = np.random.default_rng(seed)
-    dices, preds = [], []
+    from radfm.tasks.segmentation.calibration import STABILITY_OFFSETS, stability_score
+
+    dices, preds, stabs = [], [], []
     for case in cases:
         if not case.targets:
             continue
@@ -492,23 +495,28 @@ def evaluate_clicks(model: RadFMPromptSegmenter, cases: Sequence[TrainCase], *, 
             emb = model.get_image_embeddings(img[None], modality)
             state: dict[str, Any] = {"low": None}
             ious: list[float] = []
+            st: list[list[float]] = []
 
-            def predict(points: np.ndarray, labels: np.ndarray, _state: Any,
-                        emb: Any = emb, state: dict[str, Any] = state, ious: list[float] = ious) -> tuple[np.ndarray, Any]:
+            def predict(points: np.ndarray, labels: np.ndarray, _state: Any, emb: Any = emb,
+                        state: dict[str, Any] = state, ious: list[float] = ious, st: list[list[float]] = st,
+                        ) -> tuple[np.ndarray, Any]:
                 prompt = {"points": list(points), "labels": list(labels), "box": None}
                 multi = len(points) == 1
                 out = _decode(model, emb, 0, prompt, state["low"], -1, multimask=multi)
                 best = int(out.iou_predictions[0].argmax()) if multi else 0
                 state["low"] = out.low_res_logits[:, best:best + 1]
                 ious.append(float(out.iou_predictions[0, best]))
+                st.append([stability_score(out.masks[0, best], o) for o in STABILITY_OFFSETS])
                 return (out.masks[0, best] > 0).numpy(), None
 
             d, _ = interactive_session(predict, tgt, n_clicks, spacing=case.spacing)
             d = d + [d[-1]] * (n_clicks - len(d)) if d else [0.0] * n_clicks
             ious = ious + [ious[-1] if ious else 0.0] * (n_clicks - len(ious))
+            st = st + [st[-1] if st else [0.0] * len(STABILITY_OFFSETS)] * (n_clicks - len(st))
             dices.append(d)
             preds.append(ious)
-    return {"dice": np.array(dices), "iou_pred": np.array(preds)}
+            stabs.append(st)
+    return {"dice": np.array(dices), "iou_pred": np.array(preds), "stability": np.array(stabs)}
 
 
 # ----------------------------------------------------------------------------- building the shipped model
@@ -599,14 +607,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def calibrate_saved(model_dir: Path, held: Sequence[TrainCase], *, n_clicks: int = 5, per_case: int = 4) -> dict[str, Any]:
     """Reload a saved model as users get it (adapter merged), measure held-out Dice by clicks and fit
-    the IoU → Dice calibration (``calibration.json``) on its first-click scores."""
-    from radfm.tasks.segmentation.calibration import fit_calibration
+    the quality → Dice calibration (``calibration.json``) on its first-click scores, keeping the
+    quality signal (predicted IoU, stability, product) that ranks held-out Dice best."""
+    from radfm.tasks.segmentation.calibration import (
+        QUALITY_SIGNALS,
+        STABILITY_OFFSETS,
+        fit_best_calibration,
+        quality_signal,
+        signal_offset,
+    )
     from radfm.tasks.segmentation.predictor import CALIBRATION_FILENAME, load_segmenter
 
     model = load_segmenter(model_dir)
     ev = evaluate_clicks(model, held, n_clicks=n_clicks, per_case=per_case)
-    calib = fit_calibration(ev["iou_pred"][:, 0], ev["dice"][:, 0],
-                            note=f"{len(ev['dice'])} held-out SIMULATED phantom objects, first click")
+    def stab(kind: str) -> np.ndarray:
+        o = signal_offset(kind)
+        return ev["stability"][:, 0, STABILITY_OFFSETS.index(o)] if o is not None else ev["iou_pred"][:, 0]
+
+    signals = {k: quality_signal(k, ev["iou_pred"][:, 0], stab(k)) for k in QUALITY_SIGNALS}
+    calib = fit_best_calibration(signals, ev["dice"][:, 0],
+                                 note=f"{len(ev['dice'])} held-out SIMULATED phantom objects, first click")
     calib.save(Path(model_dir) / CALIBRATION_FILENAME)
     return {"held_out_dice_by_clicks": ev["dice"].mean(0).round(4).tolist(), "n_held_out_objects": len(ev["dice"]),
             "calibration": calib.stats}
