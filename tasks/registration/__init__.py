@@ -1,0 +1,24 @@
+"""Deformable registration: dense and diffeomorphic displacement fields on the shared encoder.
+
+Public API: :func:`register` (volumes in, warped volume + field in mm out), :func:`propagate_labels`
+(4D label propagation), the model :class:`RadFMRegistration` / :class:`RadFMRegConfig`, and the
+pure field functions in :mod:`radfm.tasks.registration.functional`. Names load lazily so that
+``radfm --help`` does not import torch models.
+"""
+
+from __future__ import annotations
+
+from radfm._lazy import lazy_getattr
+
+_EXPORTS = {
+    "RegResult": "radfm.tasks.registration.api",
+    "register": "radfm.tasks.registration.api",
+    "load_model": "radfm.tasks.registration.api",
+    "default_model_dir": "radfm.tasks.registration.api",
+    "propagate_labels": "radfm.tasks.registration.propagate",
+    "RadFMRegConfig": "radfm.tasks.registration.model",
+    "RadFMRegistration": "radfm.tasks.registration.model",
+}
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

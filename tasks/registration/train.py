@@ -1,0 +1,399 @@
+"""Training the registration model on SIMULATED pairs with known fields.
+
+Where the pairs come from (every pair is simulated; say so wherever results are shown):
+
+* phantom subjects (``radfm.data.phantom``; CT and MR, torso and head) and real volumes
+  (e.g. a T1 template) resampled to the model grid;
+* each step takes one subject, crops it, draws a smooth random field
+  (``radfm.data.deform.random_smooth_field``, VoxelMorph/"survey"-style synthetic
+  deformations) and makes ``fixed = warp(moving, field)``, so the true field is known; both
+  images then get independent intensity augmentation (gamma, noise) and shared random flips.
+
+Losses (weights in :class:`TrainConfig`): field supervision (endpoint error, with deep
+supervision of the coarse levels), unsupervised similarity (local NCC or MI) + diffusion
+smoothness + Jacobian folding penalty, and weak Dice supervision when the subject has labels.
+Encoder modes: "full" (train everything; for the tiny from-scratch encoder), "frozen" (a
+pretrained encoder stays fixed, stem + decoder train; on radfm's starter encoder its untrained
+MAE pyramid trains too and only the trunk stays fixed and out of the checkpoint) or "lora"
+(LoRA factors on the encoder via peft with radfm.adapters' ``LoraSpec``; merged into the
+weights when saved, so the checkpoint is a plain model).
+
+Deterministic for a seed on one machine (numpy ``default_rng`` streams, ``torch.manual_seed``).
+Run: ``python -m radfm.tasks.registration.train --out DIR --steps 2000 [--real T1.nii.gz]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from radfm.data.deform import random_smooth_field
+from radfm.data.deform import warp as np_warp
+from radfm.data.patches import canonical_to_model
+from radfm.data.phantom import make_phantom
+from radfm.errors import ConfigError
+from radfm.io import Volume
+from radfm.models import MODALITY_IDS
+from radfm.tasks.registration import functional as RF
+from radfm.tasks.registration import losses as L
+from radfm.tasks.registration.model import RadFMRegConfig, RadFMRegistration
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Subject", "TrainConfig", "make_pair", "phantom_subjects", "subject_from_volume", "train"]
+
+
+@dataclass
+class Subject:
+    """One training image on the model grid.
+
+    Attributes:
+        image: ``(D, H, W)`` float32 in model order (canonical ``(Z, Y, X)``), raw intensities.
+        labels: ``(D, H, W)`` integer label map or ``None``.
+        modality: "CT" or "MR" (selects the encoder's modality id).
+        name: for logs.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray | None
+    modality: str
+    name: str = ""
+
+
+@dataclass
+class TrainConfig:
+    """Recipe of one training run (all lengths in mm unless named ``_vox``).
+
+    Attributes:
+        steps, lr, warmup, weight_decay, seed: optimisation (Adam, linear warm-up over ``warmup``
+            steps, then cosine decay to 5 % of ``lr``). Why a small ``lr``: a coarse level's
+            residual is multiplied by its stride (up to 16) on the way to the finest grid.
+        crop_vox: candidate crop sizes (model-grid voxels, multiples of the model's stride);
+            each step picks one per axis.
+        max_displacement_mm: range of the largest displacement of a random field.
+        smoothness_mm: range of the correlation length of a random field.
+        w_field, w_sim, w_smooth, w_fold, w_dice: loss weights. Field supervision leads: on a
+            CPU budget it converged several times faster than NCC/Dice-led training (measured on
+            phantom pairs: +0.07 Dice after 150 steps vs +0.03 with NCC and Dice at weight 1).
+        deep_supervision: weight of the coarse levels' field errors (halved per level).
+        similarity: "ncc" or "mi".
+        encoder_mode: "full", "frozen" or "lora".
+        lora_r: LoRA rank for ``encoder_mode="lora"``.
+        bf16: bf16 autocast for the forward (about 3x faster convs on AMX CPUs).
+        progress: show a tqdm bar.
+    """
+
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.0
+    seed: int = 0
+    crop_vox: tuple[int, ...] = (48, 64)
+    max_displacement_mm: tuple[float, float] = (2.0, 12.0)
+    smoothness_mm: tuple[float, float] = (14.0, 40.0)
+    w_field: float = 1.0
+    w_sim: float = 0.1
+    w_smooth: float = 0.5
+    w_fold: float = 10.0
+    w_dice: float = 0.1
+    deep_supervision: float = 0.5
+    similarity: Literal["ncc", "mi"] = "ncc"
+    encoder_mode: Literal["full", "frozen", "lora"] = "full"
+    lora_r: int = 8
+    bf16: bool = True
+    progress: bool = True
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- subjects
+def phantom_subjects(seeds: Sequence[int], *, shape: tuple[int, int, int] = (80, 80, 80),
+                     spacing: float = 2.0) -> list[Subject]:
+    """SIMULATED subjects: phantoms alternating CT/MR and torso/head by seed, at ``spacing`` mm."""
+    out = []
+    for s in seeds:
+        modality = "CT" if s % 2 == 0 else "MR"
+        body = "head" if (s // 2) % 2 else "chest_abdomen"
+        case = make_phantom(int(s), modality=modality, body=body, shape=shape, spacing=(spacing,) * 3)
+        out.append(Subject(canonical_to_model(case.image.array).astype(np.float32),
+                           canonical_to_model(case.labels.array).astype(np.uint8), modality,
+                           f"phantom {modality} {body} seed {s}"))
+    return out
+
+
+def subject_from_volume(volume: Volume, *, spacing: float = 2.0, labels: Volume | None = None,
+                        modality: str | None = None, name: str = "") -> Subject:
+    """A real volume resampled to isotropic ``spacing`` mm in model order (labels by nearest)."""
+    arr = torch.from_numpy(np.ascontiguousarray(canonical_to_model(volume.array.astype(np.float32))))
+    size = [max(8, round(n * s / spacing)) for n, s in zip(arr.shape, reversed(volume.spacing))]
+    img = F.interpolate(arr[None, None], size=size, mode="trilinear", align_corners=False)[0, 0].numpy()
+    lab = None
+    if labels is not None:
+        lt = torch.from_numpy(np.ascontiguousarray(canonical_to_model(labels.array)).astype(np.float32))
+        lab = F.interpolate(lt[None, None], size=size, mode="nearest")[0, 0].numpy().astype(np.uint8)
+    mod = modality or (volume.modality if volume.modality in ("CT", "MR") else "MR")
+    return Subject(img.astype(np.float32), lab, mod, name)
+
+
+# ----------------------------------------------------------------------------- pairs
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """Percentile p0.5..p99.5 -> [-1, 1], as ``PreprocessPlan(normalization="percentile")``."""
+    lo, hi = np.percentile(x[::2, ::2, ::2], [0.5, 99.5])
+    return ((np.clip(x, lo, hi) - lo) / max(float(hi - lo), 1e-6) * 2.0 - 1.0).astype(np.float32)
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Independent intensity augmentation of one image in [-1, 1]: gamma, scanner noise."""
+    u = (x + 1.0) / 2.0
+    u = np.clip(u, 0, 1) ** np.exp(rng.uniform(-0.3, 0.3))
+    u = u + rng.normal(0.0, rng.uniform(0.0, 0.03), size=u.shape).astype(np.float32)
+    return (u * 2.0 - 1.0).astype(np.float32)
+
+
+def _crop(arrays: list[np.ndarray | None], size: Sequence[int], rng: np.random.Generator) -> list[Any]:
+    shape = next(a for a in arrays if a is not None).shape
+    out = []
+    starts = [int(rng.integers(0, max(s - c, 0) + 1)) for s, c in zip(shape, size)]
+    for a in arrays:
+        if a is None:
+            out.append(None)
+            continue
+        sl = a[tuple(slice(st, st + c) for st, c in zip(starts, size))]
+        pad = [(0, c - n) for c, n in zip(size, sl.shape)]
+        out.append(np.pad(sl, pad, mode="edge") if any(p[1] for p in pad) else sl)
+    return out
+
+
+def make_pair(subject: Subject, rng: np.random.Generator, cfg: TrainConfig, *, spacing: float = 2.0,
+              multiple: int = 16) -> dict[str, torch.Tensor]:
+    """One SIMULATED pair from ``subject``: ``fixed = warp(moving, field)`` with a fresh smooth field.
+
+    Returns tensors with a batch axis: ``fixed``/``moving`` ``(1, 1, D, H, W)`` in [-1, 1],
+    ``field`` ``(1, 3, D, H, W)`` model-grid voxels, ``fixed_labels``/``moving_labels``
+    ``(1, 1, D, H, W)`` long (absent without labels), ``modality_ids`` ``(1,)``.
+    """
+    size = [int(rng.choice([c for c in cfg.crop_vox if c % multiple == 0] or [multiple * 4])) for _ in range(3)]
+    moving, labels = _crop([subject.image, subject.labels], size, rng)
+    moving = _normalise(np.ascontiguousarray(moving))
+    field = random_smooth_field(size, spacing=(spacing,) * 3, max_displacement_mm=float(rng.uniform(
+        *cfg.max_displacement_mm)), smoothness_mm=float(rng.uniform(*cfg.smoothness_mm)), seed=rng)
+    fixed = np_warp(moving, field, order=1)
+    out = {"field": field}
+    if labels is not None:
+        out["moving_labels"] = np.ascontiguousarray(labels)
+        out["fixed_labels"] = np_warp(np.ascontiguousarray(labels), field, order=0)
+    out["fixed"], out["moving"] = _augment(fixed, rng), _augment(moving, rng)
+    for axis in range(3):  # shared flips: the field's own component flips sign
+        if rng.random() < 0.5:
+            for k in out:
+                out[k] = np.flip(out[k], axis=axis + (1 if k == "field" else 0))
+            out["field"][axis] = -out["field"][axis]
+    t = {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in out.items()}
+    for k in ("fixed", "moving", "fixed_labels", "moving_labels"):
+        if k in t:
+            t[k] = t[k][None] if k in ("fixed", "moving") else t[k][None].long()
+    t["fixed"], t["moving"] = t["fixed"].float(), t["moving"].float()
+    t["modality_ids"] = torch.tensor([MODALITY_IDS.get(subject.modality, MODALITY_IDS["other"])])
+    return t
+
+
+# ----------------------------------------------------------------------------- encoder modes
+def _setup_encoder(model: RadFMRegistration, cfg: TrainConfig) -> None:
+    if cfg.encoder_mode == "full":
+        return
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    if cfg.encoder_mode == "frozen":
+        if model.config.encoder_source == "starter":  # the starter's pyramid is untrained (MAE): train it
+            for p in model.encoder.pyramid.parameters():
+                p.requires_grad_(True)
+        return
+    if cfg.encoder_mode != "lora":
+        raise ConfigError(f"encoder_mode must be 'full', 'frozen' or 'lora', got {cfg.encoder_mode!r}.")
+    from peft import inject_adapter_in_model
+
+    from radfm.adapters.lora import LoraSpec
+
+    spec = LoraSpec(r=cfg.lora_r, alpha=2.0 * cfg.lora_r, include_pyramid=True)
+    inject_adapter_in_model(spec.to_peft_config(modules_to_save=()), model.encoder, adapter_name="registration")
+    for n, p in model.encoder.named_parameters():
+        p.requires_grad_("lora_" in n)
+
+
+def merge_lora(model: RadFMRegistration) -> int:
+    """Fold injected LoRA factors into the encoder's weights (plain modules again); returns the count.
+
+    Why: the shipped checkpoint is then an ordinary ``RadFMRegistration`` that loads without peft.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    n = 0
+    for name, module in list(model.encoder.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent = model.encoder.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model.encoder
+            setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- loop
+def train(model: RadFMRegistration, subjects: Sequence[Subject], cfg: TrainConfig, *,
+          checkpoint_dir: Path | None = None, checkpoint_every: int = 100) -> dict[str, Any]:
+    """Train ``model`` in place on pairs made from ``subjects``; returns the loss history.
+
+    With ``checkpoint_dir`` the model is saved there every ``checkpoint_every`` steps (a long
+    CPU run can then be stopped at any time and still leave a usable model).
+
+    Returns:
+        ``{"loss": [...], "epe_vox": [...], "skipped": int, "seconds": float, "steps": int}``, one
+        entry per step (``epe_vox``: mean endpoint error of the final field in model-grid voxels;
+        ``skipped``: steps whose loss or gradient was not finite and were not applied).
+    """
+    if not subjects:
+        raise ConfigError("train() needs at least one subject.")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    _setup_encoder(model, cfg)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1))
+        * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(cfg.steps, 1), 1.0)))))
+    sim = L.similarity_loss(cfg.similarity)
+    smooth, fold, epe = L.GradientSmoothness(), L.FoldingPenalty(), L.FieldError()
+    max_label = max((int(s.labels.max()) for s in subjects if s.labels is not None), default=0)
+    dice = L.LabelDice(max_label + 1) if max_label else None
+    history: dict[str, Any] = {"loss": [], "epe_vox": [], "skipped": 0}
+    t0 = time.perf_counter()
+    bar = range(cfg.steps)
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc="registration training", unit="step")
+    multiple = model.config.pad_multiple
+    for step in bar:
+        subject = subjects[int(rng.integers(len(subjects)))]
+        b = make_pair(subject, rng, cfg, spacing=model.config.target_spacing[0], multiple=multiple)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = model(b["fixed"], b["moving"], modality_ids=b["modality_ids"])
+        u = out.ddf
+        warped = RF.warp(b["moving"], u)
+        loss = cfg.w_field * epe(u, b["field"])
+        n = len(out.level_fields)
+        for i, lf in enumerate(out.level_fields[:-1]):
+            w = cfg.deep_supervision * 0.5 ** (n - 2 - i)
+            loss = loss + w * epe(lf, RF.resize_field(b["field"], lf.shape[2:]))
+        loss = loss + cfg.w_sim * sim(warped, b["fixed"]) + cfg.w_smooth * smooth(u) + cfg.w_fold * fold(u)
+        if dice is not None and "moving_labels" in b and cfg.w_dice:
+            loss = loss + cfg.w_dice * dice(u, b["moving_labels"], b["fixed_labels"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, 5.0)
+        if torch.isfinite(loss) and torch.isfinite(norm):
+            opt.step()
+        else:  # one bad pair (rare bf16 overflow) must not poison the weights: skip it, count it
+            history["skipped"] += 1
+            log.warning("step %d: non-finite loss or gradient, skipped", step)
+        sched.step()
+        with torch.no_grad():
+            e = float((u - b["field"]).pow(2).sum(1).sqrt().mean())
+        history["loss"].append(float(loss.detach()))
+        history["epe_vox"].append(e)
+        if cfg.progress:
+            bar.set_postfix(loss=f"{float(loss):.3f}", epe=f"{e:.2f}")
+        if checkpoint_dir is not None and (step + 1) % checkpoint_every == 0 and cfg.encoder_mode != "lora":
+            model.save_pretrained(checkpoint_dir)
+            (Path(checkpoint_dir) / "training_progress.json").write_text(json.dumps(
+                {"step": step + 1, "epe_vox_last100": float(np.nanmean(history["epe_vox"][-100:])),
+                 "loss_last100": float(np.nanmean(history["loss"][-100:])), "skipped": history["skipped"]}) + "\n")
+    model.eval()
+    history["seconds"] = time.perf_counter() - t0
+    history["steps"] = cfg.steps
+    return history
+
+
+# ----------------------------------------------------------------------------- recipe / CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m radfm.tasks.registration.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path, help="model directory to write")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--phantoms", type=int, default=16, help="number of phantom subjects (default 16)")
+    p.add_argument("--real", action="append", default=[], type=Path,
+                   help="a real volume to warp by random fields (repeatable)")
+    p.add_argument("--diffeomorphic", action="store_true")
+    p.add_argument("--encoder", default=None,
+                   help="'starter' (radfm's starter encoder: frozen trunk, not stored; pyramid, stem and decoder "
+                        "trained) or a RadFMEncoder directory (default: a fresh tiny encoder trained in full)")
+    p.add_argument("--encoder-mode", choices=["full", "frozen", "lora"], default=None)
+    p.add_argument("--init", type=Path, default=None, help="continue from this registration model directory")
+    p.add_argument("--crop", type=int, nargs="+", default=[48, 64],
+                   help="crop sizes in model-grid voxels, multiples of 16 (default: 48 64)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (1 is fastest on a machine shared with other jobs)")
+    p.add_argument("--w-sim", type=float, default=TrainConfig.w_sim, help="similarity loss weight")
+    p.add_argument("--w-dice", type=float, default=TrainConfig.w_dice, help="label Dice loss weight")
+    p.add_argument("--no-bf16", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train and save a model directory (config, safetensors, plan, training record)."""
+    from radfm.io import load_volume
+    from radfm.models import RadFMEncoder
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.init is not None:
+        model = RadFMRegistration.from_pretrained(args.init)
+    elif args.encoder == "starter":
+        model = RadFMRegistration.from_starter_encoder(diffeomorphic=args.diffeomorphic)
+    elif args.encoder is not None:
+        encoder = RadFMEncoder.from_pretrained(args.encoder)
+        model = RadFMRegistration(RadFMRegConfig(encoder_config=encoder.config.to_dict(),
+                                                 diffeomorphic=args.diffeomorphic))
+        model.encoder.load_state_dict(encoder.state_dict())
+    else:
+        model = RadFMRegistration(RadFMRegConfig(diffeomorphic=args.diffeomorphic))
+    mode = args.encoder_mode or {None: "full", "starter": "frozen"}.get(args.encoder, "lora")
+    cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, encoder_mode=mode, bf16=not args.no_bf16,
+                      crop_vox=tuple(args.crop), w_sim=args.w_sim, w_dice=args.w_dice)
+    spacing = model.config.target_spacing[0]
+    subjects = phantom_subjects(range(args.seed * 1000, args.seed * 1000 + args.phantoms), spacing=spacing)
+    for path in args.real:
+        subjects.append(subject_from_volume(load_volume(path), spacing=spacing, name=path.name))
+    history = train(model, subjects, cfg, checkpoint_dir=args.out if mode != "lora" else None)
+    if mode == "lora":
+        merge_lora(model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)
+    record = {"train_config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+              "subjects": [s.name for s in subjects], "seconds": history["seconds"],
+              "final_loss_mean_last50": float(np.nanmean(history["loss"][-50:])),
+              "final_epe_vox_mean_last50": float(np.nanmean(history["epe_vox"][-50:])),
+              "skipped_steps": history["skipped"],
+              "encoder": str(args.encoder) if args.encoder else "fresh tiny (8^3 patches)"}
+    (args.out / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    log.info("saved %s after %.0f s", args.out, history["seconds"])
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
