@@ -45,9 +45,11 @@ __all__ = [
     "attach_encoder_lora",
     "attach_lora",
     "encoder_sha256",
+    "inject_encoder_lora",
     "load_adapters",
     "load_encoder_adapter",
     "merge",
+    "merge_injected_lora",
     "read_adapter_meta",
     "save_adapter",
     "save_encoder_adapter",
@@ -648,3 +650,38 @@ def load_encoder_adapter(model: nn.Module, directory: str | Path, *, merge: bool
     for p in merged.parameters():
         p.requires_grad_(False)
     return merged.eval()
+
+
+def inject_encoder_lora(model: nn.Module, spec: LoraSpec | None = None, *, adapter_name: str = "default") -> nn.Module:
+    """Add LoRA layers to ``model.encoder`` in place (no PeftModel wrapper); only they train.
+
+    For task trainers that fold the update back into their own checkpoint with
+    :func:`merge_injected_lora` (a shipped model that loads without peft). Returns the encoder.
+    """
+    from peft import inject_adapter_in_model
+
+    encoder = _encoder_of(model)
+    spec = spec or LoraSpec()
+    inject_adapter_in_model(spec.to_peft_config(modules_to_save=()), encoder, adapter_name=adapter_name)
+    for n, p in encoder.named_parameters():
+        p.requires_grad_("lora_" in n)
+    return encoder
+
+
+def merge_injected_lora(module: nn.Module) -> int:
+    """Fold every LoRA layer under ``module`` into its base layer and put the plain layer back.
+
+    Returns how many layers were merged. Pointwise Conv3d layers get the fixed merge of
+    :func:`_patch_pointwise_conv3d_merge`.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    _patch_pointwise_conv3d_merge(module)
+    n = 0
+    for name, layer in list(module.named_modules()):
+        if isinstance(layer, LoraLayer):
+            layer.merge()
+            parent = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+            setattr(parent, name.rsplit(".", 1)[-1], layer.get_base_layer())
+            n += 1
+    return n

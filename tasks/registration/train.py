@@ -220,14 +220,10 @@ def _setup_encoder(model: RadFMRegistration, cfg: TrainConfig) -> None:
         return
     if cfg.encoder_mode != "lora":
         raise ConfigError(f"encoder_mode must be 'full', 'frozen' or 'lora', got {cfg.encoder_mode!r}.")
-    from peft import inject_adapter_in_model
+    from radfm.adapters.lora import LoraSpec, inject_encoder_lora
 
-    from radfm.adapters.lora import LoraSpec
-
-    spec = LoraSpec(r=cfg.lora_r, alpha=2.0 * cfg.lora_r, include_pyramid=True)
-    inject_adapter_in_model(spec.to_peft_config(modules_to_save=()), model.encoder, adapter_name="registration")
-    for n, p in model.encoder.named_parameters():
-        p.requires_grad_("lora_" in n)
+    inject_encoder_lora(model, LoraSpec(r=cfg.lora_r, alpha=2.0 * cfg.lora_r, include_pyramid=True),
+                        adapter_name="registration")
 
 
 def merge_lora(model: RadFMRegistration) -> int:
@@ -235,16 +231,9 @@ def merge_lora(model: RadFMRegistration) -> int:
 
     Why: the shipped checkpoint is then an ordinary ``RadFMRegistration`` that loads without peft.
     """
-    from peft.tuners.lora import LoraLayer
+    from radfm.adapters.lora import merge_injected_lora
 
-    n = 0
-    for name, module in list(model.encoder.named_modules()):
-        if isinstance(module, LoraLayer):
-            module.merge()
-            parent = model.encoder.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model.encoder
-            setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
-            n += 1
-    return n
+    return merge_injected_lora(model.encoder)
 
 
 # ----------------------------------------------------------------------------- loop

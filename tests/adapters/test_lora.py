@@ -234,3 +234,25 @@ def test_encoder_only_adapter_on_any_task_model(encoder, tmp_path) -> None:
     other = _PooledClassifier(RadFMEncoder(RadFMEncoderConfig.from_preset("tiny")))
     with pytest.raises(ConfigError, match="trained on encoder"):
         load_encoder_adapter(other, tmp_path / "a")
+
+
+def test_injected_lora_merges_into_plain_layers_with_the_same_outputs(encoder) -> None:
+    """inject (in place, pyramid Conv3d included) → train → merge: plain modules, identical outputs."""
+    import copy
+
+    from radfm.adapters.lora import inject_encoder_lora, merge_injected_lora
+
+    model = _PooledClassifier(copy.deepcopy(encoder))
+    before = {n: type(m) for n, m in model.encoder.named_modules()}
+    enc = inject_encoder_lora(model, LoraSpec(r=4, alpha=8, include_pyramid=True))
+    assert all(p.requires_grad == ("lora_" in n) for n, p in enc.named_parameters())
+    with torch.no_grad():
+        for n, p in enc.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+        expected = enc(X).feature_pyramid[0]
+        assert not torch.allclose(expected, encoder(X).feature_pyramid[0], atol=1e-4)  # LoRA changes the output
+    assert merge_injected_lora(model.encoder) > 4
+    assert {n: type(m) for n, m in model.encoder.named_modules()} == before  # plain layers again
+    with torch.no_grad():
+        assert torch.allclose(model.encoder(X).feature_pyramid[0], expected, atol=1e-5)
