@@ -404,3 +404,48 @@ def read_dicom_series(folder: Path, series: int | None = None) -> DicomPixels:
         array = np.moveaxis(array, 2, 3)
     affine = LPS_TO_RAS @ _index_to_lps(iop, spacing, sorted_pos[0], step)
     return DicomPixels(array=array, affine=affine, meta=meta, modality=str(first.get("Modality", "")))
+
+
+def source_datasets(volume: Any) -> list[Dataset]:
+    """The pydicom datasets of ``volume``'s series, in native slice order (index k = native slice k).
+
+    For outputs that reference the source instances (DICOM SEG, SR): they are re-read from
+    ``volume.native.source``, sorted as the reader sorted them (position along the slice normal)
+    and checked against the volume's stored affine. Raises InputError when the volume was not read
+    from a DICOM series folder, or the files no longer match its geometry. Patient data stays in the
+    returned datasets (the DICOM output needs it) and never reaches a log or an exception.
+    """
+    native = volume.native
+    if native is None or native.fmt != "dicom-series" or not native.source:
+        fmt = native.fmt if native is not None else "an in-memory array"
+        raise InputError(f"DICOM SEG/SR output needs an image read from a DICOM series folder; this one is {fmt}.",
+                         "Write NIfTI / JSON output instead.")
+    folder = Path(native.source)
+    if not folder.is_dir():
+        raise InputError(f"the source DICOM folder {folder} is no longer there.")
+    files = select_series(folder, volume.meta.get("series_index"))
+    datasets = [pydicom.dcmread(str(p)) for p in files.files]
+    for ds in datasets:
+        # Some exports (anonymisers) leave SOP Class/Instance UID empty in the data set but keep them in
+        # the file meta header; highdicom needs them in the data set (in memory only, files untouched).
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None:
+            if not ds.get("SOPClassUID") and meta.get("MediaStorageSOPClassUID"):
+                ds.SOPClassUID = meta.MediaStorageSOPClassUID
+            if not ds.get("SOPInstanceUID") and meta.get("MediaStorageSOPInstanceUID"):
+                ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
+            raise InputError("a file of the source series has no SOP Class/Instance UID, so a DICOM SEG/SR cannot "
+                             "reference it.", "Write NIfTI / JSON output instead.")
+    iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    order = sorted(range(len(datasets)), key=lambda n: float(np.asarray(datasets[n].ImagePositionPatient, float) @ normal))
+    datasets = [datasets[n] for n in order]
+    if len(datasets) != native.shape[2]:
+        raise InputError(f"the series now has {len(datasets)} slices, the image had {native.shape[2]}.")
+    # The first sorted slice's position must be the native affine's origin (LPS ↔ RAS).
+    origin_lps = (LPS_TO_RAS @ native.affine)[:3, 3]
+    if not np.allclose(np.asarray(datasets[0].ImagePositionPatient, float), origin_lps, atol=1e-3):
+        raise InputError("the DICOM files do not match the geometry the image was read with.",
+                         "Read the series again and run the model on it before writing DICOM output.")
+    return datasets

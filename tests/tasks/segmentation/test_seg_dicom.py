@@ -13,7 +13,8 @@ import pytest
 from radfm.errors import InputError
 from radfm.io import load_volume, save_like
 from radfm.io.coords import LPS_TO_RAS
-from radfm.tasks.segmentation.dicom_seg import source_datasets, write_dicom_seg
+from radfm.io.dicom import source_datasets
+from radfm.tasks.segmentation.dicom_seg import write_dicom_seg
 
 pytestmark = pytest.mark.shared_data
 
