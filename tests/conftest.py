@@ -29,6 +29,15 @@ def shared_data() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def ct_dicom_series(shared_data: Path) -> Path:
+    """The real 20-slice CT DICOM series (TotalSegmentator example) in ../shared/data."""
+    path = shared_data / "seg3d" / "totalsegmentator" / "example_ct_dicom"
+    if not path.is_dir():
+        pytest.skip(f"{path} not present")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads() -> None:
     import torch

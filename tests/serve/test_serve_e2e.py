@@ -1,7 +1,7 @@
 """End to end over real HTTP: ``radfm serve`` under uvicorn on 127.0.0.1, backed by the session's vLLM.
 
-The report test (volume → report through ``/v1/report``) runs once the report task registers its
-router under the ``radfm.routes`` entry point ``report``; until then it skips and says so.
+The report test (volume → report through ``/v1/report``) serves the shipped starter report model
+(``radfm.tasks.report.weights``) with the transformers backend through the ``report`` router.
 """
 
 from __future__ import annotations
@@ -105,15 +105,14 @@ def test_build_backend_choices(tiny_llm, monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_volume_to_report_through_radfm_serve(tmp_path, make_nifti):
-    """POST a NIfTI to /v1/report of a real ``radfm serve``; needs the report task's router."""
-    if "report" not in registry.available("radfm.routes"):
-        pytest.skip("the report task has not registered its router yet "
-                    "(pyproject: [project.entry-points.\"radfm.routes\"] report = \"radfm.tasks.report.routes:routes\")")
+    """POST a NIfTI to /v1/report of a real ``radfm serve`` running the shipped starter report model."""
+    assert "report" in registry.available("radfm.routes"), (
+        "the report router is not registered (pyproject: [project.entry-points.\"radfm.routes\"] "
+        "report = \"radfm.tasks.report.routes:routes\"; reinstall with pip install -e .)")
     from radfm.tasks.report.model import default_model_dir
 
     model = default_model_dir()
-    if not (model / "radfm_report.json").is_file():
-        pytest.skip(f"no starter report model at {model}")
+    assert (model / "radfm_report.json").is_file(), f"the starter report model is missing from {model}"
     with radfm_serve(tmp_path, "--engine", "transformers", "--model", str(model), "--router", "report") as (url, log):
         with httpx.Client(base_url=url, timeout=120) as c:
             assert c.post("/v1/report", files={"file": ("ct.nii.gz", make_nifti())}).status_code == 401

@@ -20,11 +20,8 @@ pytestmark = pytest.mark.shared_data
 
 
 @pytest.fixture(scope="module")
-def series(shared_data: Path) -> Path:
-    path = shared_data / "seg3d" / "totalsegmentator" / "example_ct_dicom"
-    if not path.is_dir():
-        pytest.skip(f"{path} not present")
-    return path
+def series(ct_dicom_series: Path) -> Path:
+    return ct_dicom_series
 
 
 def _mask(shape: tuple[int, ...]) -> np.ndarray:
