@@ -31,7 +31,6 @@ from radfm.errors import ConfigError
 from radfm.tasks.report.prompting import IGNORE_INDEX, EncodedExample, collate
 
 __all__ = [
-    "ENCODER_LORA_TARGETS",
     "LoraSettings",
     "OptimConfig",
     "TrainExample",
@@ -245,23 +244,21 @@ def _vlm_step_factory(cache: VolumeFeatureCache | None, modality_ids: Sequence[i
     return step
 
 
-#: LoRA targets inside the shared encoder (see radfm.models.encoder): attention and MLP linears.
-ENCODER_LORA_TARGETS: tuple[str, ...] = ("qkv", "attn.proj", "fc1", "fc2")
-
-
 def add_encoder_lora(vlm: nn.Module, settings: LoraSettings | None = None) -> nn.Module:
     """Wrap ``vlm.encoder`` with peft LoRA (the per-task adaptation of the shared encoder); returns it.
 
     Only the LoRA weights train; the encoder's own weights stay those of the shared checkpoint,
     so the adapter can be saved apart (``vlm.encoder.save_pretrained(dir)``) and applied to it.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
+
+    from radfm.adapters.lora import DEFAULT_TARGETS, LoraSpec
 
     s = settings or LoraSettings(r=8, alpha=16)
     names = {n for n, _ in vlm.encoder.named_modules()}
     targets = [t for t in s.target_modules if any(n == t or n.endswith("." + t) for n in names)]
-    cfg = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
-                     target_modules=targets or list(ENCODER_LORA_TARGETS))
+    spec = LoraSpec(r=s.r, alpha=float(s.alpha), dropout=s.dropout, targets=tuple(targets or DEFAULT_TARGETS))
+    cfg = spec.to_peft_config(modules_to_save=())
     vlm.encoder = get_peft_model(vlm.encoder, cfg)
     return vlm.encoder
 
