@@ -20,7 +20,7 @@ def _smooth_field(shape=(24, 28, 20), mm=3.0, seed=0) -> torch.Tensor:
 
 
 def test_integer_shift_is_exact_in_the_interior() -> None:
-    x = torch.randn(1, 2, 12, 14, 16)
+    x = torch.randn(1, 2, 12, 14, 16, generator=torch.Generator().manual_seed(0))
     u = torch.zeros(1, 3, 12, 14, 16)
     u[:, 0], u[:, 1], u[:, 2] = 2.0, -1.0, 3.0  # out(z, y, x) = in(z + 2, y - 1, x + 3)
     out = RF.warp(x, u)
@@ -28,9 +28,11 @@ def test_integer_shift_is_exact_in_the_interior() -> None:
 
 
 def test_identity_field_leaves_images_and_labels_unchanged() -> None:
-    x = torch.randn(2, 1, 9, 10, 11)
+    x = torch.randn(2, 1, 9, 10, 11, generator=torch.Generator().manual_seed(0))
     zero = torch.zeros(2, 3, 9, 10, 11)
-    assert torch.allclose(RF.warp(x, zero), x, atol=1e-6)
+    # float32 grid arithmetic puts sample points ~1e-7 voxel off the centres: errors ~1e-6 on unit
+    # noise; a half-voxel or axis mix-up would be O(1).
+    assert torch.allclose(RF.warp(x, zero), x, atol=1e-5)
     lab = torch.randint(0, 7, (2, 1, 9, 10, 11), dtype=torch.uint8)
     assert torch.equal(RF.warp(lab, zero, mode="nearest"), lab)
 
