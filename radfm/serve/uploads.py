@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
 
 from radfm.errors import InputError
+from radfm.io.dicom import is_dicom_file
 
 log = logging.getLogger("radfm.serve")
 
@@ -252,22 +253,13 @@ def save_upload_to_tmp(upload: _Upload | Any, *, limits: UploadLimits | None = N
             files = extract_zip_safely(raw, series, limits)
         finally:
             raw.unlink(missing_ok=True)
-        if not any(_is_dicom(p) for p in files):
+        if not any(is_dicom_file(p) for p in files):
             raise UnsupportedMediaError("the zip holds no DICOM files (none has the DICM preamble).",
                                         "Zip the folder of one DICOM series.")
         return series
     except BaseException:
         discard_upload(folder)
         raise
-
-
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def discard_upload(path: str | Path) -> None:
