@@ -64,6 +64,7 @@ from radfm.check import require_valid
 from radfm.data.patches import canonical_to_model, extract_patch, sample_patch_centers
 from radfm.errors import ConfigError, InputError
 from radfm.io.volume import Volume
+from radfm.metrics import dice_score
 from radfm.models.encoder import RadFMEncoder
 from radfm.models.encoder_config import MODALITY_IDS
 from radfm.models.heads import RadFMForDenseSegmentation
@@ -681,14 +682,9 @@ def predict_volume(
 
 
 def _dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[int, float]:
-    """Dice of each foreground class present in ``target`` or ``pred`` (adapters may not import eval)."""
-    out = {}
-    for c in range(1, num_classes):
-        p, t = pred == c, target == c
-        denom = int(p.sum()) + int(t.sum())
-        if denom:
-            out[c] = 2.0 * int((p & t).sum()) / denom
-    return out
+    """Dice of each foreground class present in ``target`` or ``pred`` (absent from both: not scored)."""
+    return {c: dice_score(pred == c, target == c) for c in range(1, num_classes)
+            if (pred == c).any() or (target == c).any()}
 
 
 # ----------------------------------------------------------------------------- loading

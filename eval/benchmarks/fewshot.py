@@ -58,8 +58,8 @@ from radfm.adapters.fewshot import (
 )
 from radfm.adapters.lora import LoraSpec, trainable_parameters
 from radfm.eval.benchreport import add_output_args, default_md_path, format_value, machine_info, write_section
-from radfm.eval.metrics import dice
 from radfm.io.volume import Volume
+from radfm.metrics import dice
 from radfm.preprocess.plan import PLAN_FILENAME, PreprocessPlan
 
 log = logging.getLogger(__name__)

@@ -148,7 +148,7 @@ def _similarity(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> dict[str, flo
 
 
 def _label_scores(pred: np.ndarray, target: np.ndarray, labels: list[int], hd: bool) -> dict[str, float]:
-    from radfm.eval.metrics import dice, hd95
+    from radfm.metrics import dice, hd95
 
     d = dice(pred, target, labels=labels)
     out = {"dice": float(np.mean(list(d.values()))), "dice_min": float(min(d.values()))}

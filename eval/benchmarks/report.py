@@ -36,8 +36,8 @@ import torch
 
 import radfm  # noqa: F401  (torchvision shim before transformers)
 from radfm.eval.benchreport import add_output_args, default_md_path, machine_info, write_section
-from radfm.eval.clinical import CHEST_LABELS, clinical_efficacy, finding_labels, label_prf, labels_from_mesh
-from radfm.eval.report_metrics import report_generation_metrics
+from radfm.metrics import CHEST_LABELS, clinical_efficacy, finding_labels, label_prf, labels_from_mesh
+from radfm.metrics.nlg import report_generation_metrics
 
 NAME = "report"
 TITLE = "Report drafting: IU X-ray (real text, label-conditioned) and simulated image→report"
@@ -269,7 +269,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _extractor_notes(raw: dict[str, Any]) -> str:
-    return (f"All {raw['n_reports']} IU X-ray reports (findings + impression) read by `radfm.eval.clinical` "
+    return (f"All {raw['n_reports']} IU X-ray reports (findings + impression) read by `radfm.metrics.mentions` "
             "and compared with the labels the human MeSH indexers gave each report (mapped to our labels by "
             "`IU_MESH_TO_LABEL`). F1 counts a hedged mention (\"possible pneumonia\") as absent — the "
             "default, and the indexers' convention; the last column counts it as present. **Caveat:** the "

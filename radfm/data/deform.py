@@ -31,15 +31,7 @@ from radfm.data.phantom import PhantomCase, _acquire, _generate, remeasure_findi
 from radfm.data.report_text import HEAD_ORGANS, TORSO_ORGANS, render_report
 from radfm.errors import InputError
 from radfm.io.volume import Volume
-
-
-def _jacobian_det(field: np.ndarray) -> np.ndarray:
-    """det(I + ∇u) of a ``(3, X, Y, Z)`` voxel displacement (central differences)."""
-    grads = [np.gradient(field[a]) for a in range(3)]  # grads[a][b] = d u_a / d x_b
-    j = [[grads[a][b] + (1.0 if a == b else 0.0) for b in range(3)] for a in range(3)]
-    return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
-            - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
-            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
+from radfm.metrics.deformation import jacobian_determinant
 
 
 def random_smooth_field(
@@ -71,7 +63,7 @@ def random_smooth_field(
     f *= np.float32(max_displacement_mm / mag)
     field = (f / sp.astype(np.float32)[:, None, None, None]).astype(np.float32)
     for _ in range(20):
-        if float(_jacobian_det(field).min()) >= min_jacobian:
+        if float(jacobian_determinant(field).min()) >= min_jacobian:
             break
         field *= np.float32(0.8)
     return field

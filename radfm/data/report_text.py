@@ -6,8 +6,9 @@ statement, drawn by a seeded generator, keep the text varied yet reproducible.
 
 The contract that tests and report metrics rely on: a rendered report mentions EXACTLY the
 findings it was rendered from. Normal statements may name absent findings only in negated
-form ("No pleural effusion."), and ``findings_mentioned`` (a small NegEx-style matcher over
-``FINDING_TYPES``) recovers the set of positively mentioned finding names.
+form ("No pleural effusion."), and ``findings_mentioned`` (the negation-aware matcher of
+``radfm.metrics.mentions`` over :data:`PHANTOM_LABELS`) recovers the set of positively mentioned
+finding names.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from radfm.data.findings import Finding
+from radfm.metrics.mentions import extract_mentions
+from radfm.metrics.vocabulary import LabelSpec
 
 TORSO_ORGANS: tuple[str, ...] = ("lung", "pleura", "heart", "liver", "spleen", "kidney", "bones")
 HEAD_ORGANS: tuple[str, ...] = ("brain", "ventricles", "skull")
@@ -263,52 +266,27 @@ def render_report(
 
 # --- reading text back -----------------------------------------------------------------
 
-_TERM_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("pleural effusion", r"\bpleural effusions?\b"),
-    ("pleural effusion", r"\beffusions?\b"),
-    ("cardiomegaly", r"\bcardiomegaly\b"),
-    ("cardiomegaly", r"\bheart is enlarged\b"),
-    ("cardiomegaly", r"\benlarged (?:heart|cardiac silhouette)\b"),
-    ("hepatomegaly", r"\bhepatomegaly\b"),
-    ("hepatomegaly", r"\bliver is enlarged\b"),
-    ("hepatomegaly", r"\benlarged liver\b"),
-    ("hypodense lesion", r"\b(?:hypodense|hypoattenuating|low-attenuation) (?:[a-z-]+ )?lesions?\b"),
-    ("hyperintense lesion", r"\bhyperintense (?:[a-z-]+ )?lesions?\b"),
-    ("hypointense lesion", r"\bhypointense (?:[a-z-]+ )?lesions?\b"),
-    ("cyst", r"\bcystic lesions?\b"),
-    ("cyst", r"\bcysts?\b"),
-    ("nodule", r"\bnodules?\b"),
-    ("mass", r"\bmass(?:es)?\b(?! effect)"),
-)
-_NEGATION = re.compile(
-    r"\b(?:no|not|without|negative for|free of|absence of|resolved|resolution of|ruled out|rule out)\b"
-)
-_SCOPE_BREAK = re.compile(r"\b(?:but|however|although|except)\b")
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+")
+#: The phantom vocabulary (``FINDING_TYPES`` and the synonyms the templates use), read by the one
+#: mention matcher ``radfm.metrics.mentions``.
+PHANTOM_LABELS: dict[str, LabelSpec] = {
+    "pleural effusion": LabelSpec((r"pleural effusions?", r"effusions?")),
+    "cardiomegaly": LabelSpec((r"cardiomegaly", r"heart is enlarged", r"enlarged (?:heart|cardiac silhouette)")),
+    "hepatomegaly": LabelSpec((r"hepatomegaly", r"liver is enlarged", r"enlarged liver")),
+    "hypodense lesion": LabelSpec((r"(?:hypodense|hypoattenuating|low-attenuation) (?:[a-z-]+ )?lesions?",)),
+    "hyperintense lesion": LabelSpec((r"hyperintense (?:[a-z-]+ )?lesions?",)),
+    "hypointense lesion": LabelSpec((r"hypointense (?:[a-z-]+ )?lesions?",)),
+    "cyst": LabelSpec((r"cystic lesions?", r"cysts?")),
+    "nodule": LabelSpec((r"nodules?",)),
+    "mass": LabelSpec((r"mass(?:es)?(?! effect)",)),
+}
 
 
 def findings_mentioned(report_text: str) -> set[str]:
     """Finding names (from ``FINDING_TYPES``) that the text mentions positively.
 
-    A small NegEx-style rule set: split into sentences, find vocabulary terms (longest match
-    wins, synonyms such as "enlarged liver" map to "hepatomegaly"), and drop a term when a
-    negation cue ("no", "without", "negative for", ...) precedes it in the same sentence with
-    no "but"/"however" in between. Good enough for template text; not a clinical labeller.
+    :func:`radfm.metrics.extract_mentions` over :data:`PHANTOM_LABELS`: longest match wins
+    (synonyms such as "enlarged liver" map to "hepatomegaly"); negated ("No pleural effusion.")
+    and hedged ("possible nodule") mentions do not count. Good enough for template text; not a
+    clinical labeller.
     """
-    found: set[str] = set()
-    for sentence in _SENTENCE_SPLIT.split(report_text.lower()):
-        matches: list[tuple[int, int, str]] = []
-        for name, pattern in _TERM_PATTERNS:
-            matches.extend((m.start(), m.end(), name) for m in re.finditer(pattern, sentence))
-        matches.sort(key=lambda m: (m[0], -(m[1] - m[0])))
-        taken_until = -1
-        for start, end, name in matches:
-            if start < taken_until:
-                continue  # overlaps a longer match already taken
-            taken_until = end
-            before = sentence[:start]
-            cues = list(_NEGATION.finditer(before))
-            if cues and not _SCOPE_BREAK.search(before[cues[-1].end():]):
-                continue
-            found.add(name)
-    return found
+    return {m.label for m in extract_mentions(report_text, PHANTOM_LABELS) if m.status == "positive"}

@@ -42,6 +42,7 @@ from radfm.check import require_valid
 from radfm.data.patches import canonical_to_model, model_to_canonical
 from radfm.errors import ConfigError, InputError
 from radfm.io import Volume
+from radfm.metrics import jacobian_stats
 from radfm.models import MODALITY_IDS
 from radfm.preprocess.plan import apply_plan
 from radfm.tasks.registration import functional as RF
@@ -326,7 +327,7 @@ def register(
     else:
         scale = torch.tensor(spacing[::-1].copy(), dtype=torch.float32).view(1, 3, 1, 1, 1)  # (z, y, x) mm
         field_mm = np.ascontiguousarray(model_to_canonical((u_full * scale).flip(1)[0].numpy(), channels="first"))
-    jac = RF.jacobian_stats(total)
+    jac = jacobian_stats(total[0])
     timings["stats_s"] = time.perf_counter() - t
 
     runtime = time.perf_counter() - t0

@@ -9,16 +9,8 @@ import numpy as np
 
 from radfm.data.deform import make_phantom_pair
 from radfm.demo import DemoContext, DemoSection
+from radfm.metrics import dice, jacobian_determinant
 from radfm.viz import save_overlay, slice_2d
-
-
-def _dice(a: np.ndarray, b: np.ndarray, labels: list[int]) -> dict[int, float]:
-    out = {}
-    for lab in labels:
-        pa, pb = a == lab, b == lab
-        denom = int(pa.sum()) + int(pb.sum())
-        out[lab] = 1.0 if denom == 0 else 2.0 * int((pa & pb).sum()) / denom
-    return out
 
 
 def save_jacobian_map(path: Path, det: np.ndarray, *, title: str, spacing: tuple[float, ...]) -> Path:
@@ -49,17 +41,14 @@ def save_jacobian_map(path: Path, det: np.ndarray, *, title: str, spacing: tuple
 
 def section(ctx: DemoContext) -> DemoSection:
     """Registration on a simulated CT pair (``make_phantom_pair(ctx.seed)``) with the shipped model."""
-    import torch
-
-    from radfm.tasks.registration import functional as RF
     from radfm.tasks.registration.api import register
 
     pair = make_phantom_pair(ctx.seed, shape=(80, 80, 80), spacing=(2.0, 2.0, 2.0), max_displacement_mm=8.0)
     fixed, moving = pair.fixed, pair.moving
     result = register(fixed.image, moving.image, labels=moving.labels)
     labels = [int(v) for v in np.unique(fixed.labels.array) if v != 0]
-    before = _dice(moving.labels.array, fixed.labels.array, labels)
-    after = _dice(result.warped_labels.array, fixed.labels.array, labels)
+    before = dice(moving.labels.array, fixed.labels.array, labels=labels)
+    after = dice(result.warped_labels.array, fixed.labels.array, labels=labels)
     out = ctx.out_dir
     sp = fixed.image.spacing
     png_before = save_overlay(out / "registration_before.png", fixed.image.array, mask=moving.labels.array,
@@ -67,7 +56,7 @@ def section(ctx: DemoContext) -> DemoSection:
     png_after = save_overlay(out / "registration_after.png", fixed.image.array,
                              mask=result.warped_labels.array, modality="CT", spacing=sp,
                              title="After: fixed image, warped moving labels (simulated)")
-    det = RF.jacobian_determinant(torch.from_numpy(result.field)[None], spacing=sp)[0].numpy()
+    det = jacobian_determinant(result.field, spacing=sp)
     png_jac = save_jacobian_map(out / "registration_jacobian.png", det, spacing=sp,
                                 title=f"Jacobian determinant, folding {result.stats['folding_percent']:.3f} %")
     names = fixed.label_names

@@ -26,7 +26,6 @@ i.e. errors of a whole voxel at index 200.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Literal
@@ -44,7 +43,6 @@ __all__ = [
     "integrate_velocity",
     "invert",
     "jacobian_determinant",
-    "jacobian_stats",
     "local_correlation",
     "matrix_canonical_to_model",
     "resample",
@@ -255,7 +253,8 @@ def jacobian_determinant(u: torch.Tensor, spacing: Sequence[float] = (1.0, 1.0, 
     """``det(I + ∇u)`` per voxel, ``(B, 3, D, H, W)`` -> ``(B, D, H, W)``.
 
     Central differences (one-sided at the border, like ``np.gradient``) so the numbers match
-    ``radfm.eval.metrics.jacobian_determinant``. ``spacing`` is the voxel size along (D, H, W)
+    ``radfm.metrics.jacobian_determinant`` (which also gives the summary
+    statistics, ``radfm.metrics.jacobian_stats``). ``spacing`` is the voxel size along (D, H, W)
     in the unit of ``u`` (1 when ``u`` is in voxels). Differentiable: used by the folding loss.
     """
     if u.ndim != 5 or u.shape[1] != 3 or min(u.shape[2:]) < 2:
@@ -266,50 +265,6 @@ def jacobian_determinant(u: torch.Tensor, spacing: Sequence[float] = (1.0, 1.0, 
     return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
             - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
             + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
-
-
-@torch.no_grad()
-def jacobian_stats(u: torch.Tensor, spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
-                   slab: int = 16) -> dict[str, float]:
-    """``mean, std, min, max, folding_percent (0-100), std_log`` of ``det(I + ∇u)`` of one field.
-
-    Same keys and definitions as ``radfm.eval.metrics.jacobian_stats`` (tasks may not import
-    ``radfm.eval``); ``folding_percent`` counts voxels with ``det <= 0``. ``u``: ``(1, 3, D, H, W)``.
-    Computed in slabs of ``slab`` planes along D (with a one-plane halo, so central differences
-    are exact): on a 160×192×224 field the nine derivative maps of a slab stay in cache instead
-    of streaming ~1 GB through memory, which is what made this step slow on a busy machine.
-    """
-    u = u.float()
-    d = u.shape[2]
-    n = 0
-    total = total_sq = 0.0
-    lo_v, hi_v = math.inf, -math.inf
-    n_pos = 0
-    log_sum = log_sq = 0.0
-    for z0 in range(0, d, slab):
-        z1 = min(z0 + slab, d)
-        a, b = max(z0 - 1, 0), min(z1 + 1, d)
-        det = jacobian_determinant(u[:, :, a:b], spacing)[:, z0 - a:z0 - a + (z1 - z0)].double()
-        n += det.numel()
-        total += float(det.sum())
-        total_sq += float((det * det).sum())
-        lo_v, hi_v = min(lo_v, float(det.min())), max(hi_v, float(det.max()))
-        pos = det[det > 0]
-        n_pos += pos.numel()
-        if pos.numel():
-            lg = pos.log()
-            log_sum += float(lg.sum())
-            log_sq += float((lg * lg).sum())
-    mean = total / n
-    std_log = math.sqrt(max(log_sq / n_pos - (log_sum / n_pos) ** 2, 0.0)) if n_pos else math.nan
-    return {
-        "mean": mean,
-        "std": math.sqrt(max(total_sq / n - mean**2, 0.0)),
-        "min": lo_v,
-        "max": hi_v,
-        "folding_percent": float(100.0 * (n - n_pos) / n),
-        "std_log": std_log,
-    }
 
 
 # ----------------------------------------------------------------------------- features

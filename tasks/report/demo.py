@@ -37,7 +37,8 @@ def _links(draft: Any) -> str:
 
 def section(ctx: DemoContext) -> DemoSection:
     """Draft the demo phantom's report with the shipped starter model."""
-    from radfm.tasks.report.drafting import DISCLAIMER, draft_report, finding_prf, mentioned_findings
+    from radfm.metrics import set_prf
+    from radfm.tasks.report.drafting import DISCLAIMER, draft_report, mentioned_findings
     from radfm.tasks.report.model import load_report_model
 
     title = "Report drafting (image → report, starter model)"
@@ -54,10 +55,10 @@ def section(ctx: DemoContext) -> DemoSection:
     }
     ref = case.report
     cells = [("reference (rendered from the ground truth)", ref.findings_text, ref.impression_text,
-              _prf_cell(finding_prf([gold], [mentioned_findings(ref.text)])))]
+              _prf_cell(set_prf([gold], [mentioned_findings(ref.text)])))]
     for name, d in drafts.items():
         cells.append((f"draft {name}", d.findings_text, d.impression_text,
-                      _prf_cell(finding_prf([gold], [mentioned_findings(d.text)]))))
+                      _prf_cell(set_prf([gold], [mentioned_findings(d.text)]))))
     head = "".join(f"<th>{html.escape(c[0])}</th>" for c in cells)
     row_f = "".join(f"<td>{html.escape(c[1])}</td>" for c in cells)
     row_i = "".join(f"<td>{html.escape(c[2])}</td>" for c in cells)

@@ -20,9 +20,11 @@ from typing import Any
 
 import torch
 
-from radfm.data.findings import FINDING_TYPES, Finding
+from radfm.data.findings import Finding
+from radfm.data.report_text import PHANTOM_LABELS
 from radfm.errors import InputError
 from radfm.io.volume import Volume
+from radfm.metrics import CHEST_LABELS, LabelSpec, extract_mentions
 from radfm.models.encoder_config import MODALITY_IDS
 from radfm.preprocess.plan import apply_plan
 from radfm.tasks.report.model import ReportModel, load_report_model
@@ -33,7 +35,6 @@ __all__ = [
     "DraftReport",
     "DraftSentence",
     "draft_report",
-    "finding_prf",
     "finish_draft",
     "link_sentences",
     "mentioned_findings",
@@ -98,16 +99,6 @@ class DraftReport:
 
 # --- sentence reading ----------------------------------------------------------------------------
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(])")
-_NEGATION = re.compile(r"\b(?:no|not|without|negative for|free of|absence of|resolved|clear of)\b")
-_BREAK = re.compile(r"\b(?:but|however|although|except)\b|[;:]")
-_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "cardiomegaly": ("cardiomegaly", "enlarged heart", "heart is enlarged", "cardiac enlargement"),
-    "hepatomegaly": ("hepatomegaly", "enlarged liver", "liver is enlarged"),
-    "pleural effusion": ("pleural effusion", "effusion"),
-    "nodule": ("nodule",),
-    "mass": ("mass",),
-    "cyst": ("cyst",),
-}
 _ORGAN_WORDS: dict[str, tuple[str, ...]] = {  # specific organs first: "hepatic lobe" is liver, not lung
     "brain": ("frontal lobe", "temporal lobe", "parietal lobe", "occipital lobe", "brain", "intracranial"),
     "liver": ("hepatic", "liver"),
@@ -131,17 +122,21 @@ def _words(s: str) -> set[str]:
     return {w for w in re.findall(r"[a-z0-9]+", s.lower()) if w not in _STOP}
 
 
-def _positive_positions(sentence: str, phrase: str) -> list[int]:
-    """Start offsets of ``phrase`` in ``sentence`` that no negation cue governs."""
-    s = sentence.lower()
-    out = []
-    for m in re.finditer(rf"\b{re.escape(phrase.lower())}", s):
-        before = s[: m.start()]
-        cues = list(_NEGATION.finditer(before))
-        if cues and not _BREAK.search(before[cues[-1].end():]):
-            continue
-        out.append(m.start())
-    return out
+def _is_asserted(sentence: str, spec: LabelSpec) -> bool:
+    """Whether ``sentence`` mentions ``spec`` without a negation governing it (hedged mentions count:
+    the sentence is still about that finding)."""
+    return any(m.status != "negative" for m in extract_mentions(sentence, {"x": spec}))
+
+
+def _spec_of(name: str) -> LabelSpec:
+    """A finding name's phrases: the phantom vocabulary, the chest vocabulary, else the name itself
+    (plural forms included)."""
+    key = name.lower()
+    if key in PHANTOM_LABELS:
+        return PHANTOM_LABELS[key]
+    if key in CHEST_LABELS:
+        return CHEST_LABELS[key]
+    return LabelSpec((re.escape(key) + r"(?:e?s)?",))
 
 
 def _organ_of(sentence: str, default: str | None = None) -> str | None:
@@ -152,22 +147,17 @@ def _organ_of(sentence: str, default: str | None = None) -> str | None:
     return default
 
 
-def _phantom_mentions(sentence: str) -> list[dict[str, Any]]:
-    """Findings of the phantom vocabulary a sentence states positively (name, organ, location)."""
+def _phantom_mentions(sentence: str, *, hedged: bool = True) -> list[dict[str, Any]]:
+    """Findings of the phantom vocabulary a sentence states (name, organ, location); negated ones never,
+    hedged ones only with ``hedged=True``."""
+    keep = {"positive", "uncertain"} if hedged else {"positive"}
     found = []
-    names = sorted({*FINDING_TYPES}, key=len, reverse=True)
-    taken: list[tuple[int, int]] = []
-    for name in names:
-        for phrase in _SYNONYMS.get(name, (name,)):
-            for start in _positive_positions(sentence, phrase):
-                end = start + len(phrase)
-                if any(a <= start < b for a, b in taken):
-                    continue
-                taken.append((start, end))
-                organ = _organ_of(sentence, _DEFAULT_ORGAN.get(name))
-                loc = _LOCATION.search(sentence.lower()[start:])
-                found.append({"finding": name, "organ": organ,
-                              "location": loc.group(1).strip() if loc else (organ or "")})
+    for m in extract_mentions(sentence, PHANTOM_LABELS):
+        if m.status not in keep:
+            continue
+        organ = _organ_of(m.sentence, _DEFAULT_ORGAN.get(m.label))
+        loc = _LOCATION.search(m.sentence[m.start:])
+        found.append({"finding": m.label, "organ": organ, "location": loc.group(1).strip() if loc else (organ or "")})
     return found
 
 
@@ -180,35 +170,23 @@ def mentioned_findings(text: str) -> set[tuple[str, str | None]]:
     out: set[tuple[str, str | None]] = set()
     for section in parse_report(text) if "FINDINGS:" in text or "IMPRESSION:" in text else (text,):
         for sentence in split_sentences(section):
-            out.update((m["finding"], m["organ"]) for m in _phantom_mentions(sentence))
+            out.update((m["finding"], m["organ"]) for m in _phantom_mentions(sentence, hedged=False))
     return out
 
 
-def finding_prf(gold: Sequence[set], pred: Sequence[set]) -> dict[str, float]:
-    """Micro precision/recall/F1 over finding sets of many reports (``tp``/``fp``/``fn`` included)."""
-    tp = sum(len(g & p) for g, p in zip(gold, pred))
-    fp = sum(len(p - g) for g, p in zip(gold, pred))
-    fn = sum(len(g - p) for g, p in zip(gold, pred))
-    prec = tp / (tp + fp) if tp + fp else (1.0 if not fn else 0.0)
-    rec = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    return {"precision": prec, "recall": rec, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
-
-
 # --- linking -------------------------------------------------------------------------------------
-def _finding_terms(f: Finding | str) -> tuple[tuple[str, ...], str | None, set[str]]:
+def _finding_terms(f: Finding | str) -> tuple[LabelSpec, str | None, set[str]]:
     """(name phrases, organ, location words) of a given finding or label string."""
     if isinstance(f, Finding):
-        return _SYNONYMS.get(f.finding, (f.finding,)), f.organ, _words(f.location)
+        return _spec_of(f.finding), f.organ, _words(f.location)
     parts = [p.strip() for p in f.split("/") if p.strip()]
     name = parts[0].lower() if parts else f.lower()
-    phrases = _SYNONYMS.get(name, (name,))
-    return phrases, None, _words(" ".join(parts[1:]))
+    return _spec_of(name), None, _words(" ".join(parts[1:]))
 
 
 def _link_score(sentence: str, f: Finding | str) -> float:
-    phrases, organ, loc_words = _finding_terms(f)
-    if not any(_positive_positions(sentence, p) for p in phrases):
+    spec, organ, loc_words = _finding_terms(f)
+    if not _is_asserted(sentence, spec):
         return 0.0
     score = 2.0
     if organ is not None and _organ_of(sentence) in (organ, None):

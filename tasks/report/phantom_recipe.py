@@ -32,11 +32,12 @@ import radfm  # noqa: F401  (torchvision shim before transformers / peft)
 from radfm.data.phantom import ABNORMALITIES, PhantomCase, make_phantom
 from radfm.data.report_text import TORSO_ORGANS, render_report
 from radfm.errors import ConfigError
+from radfm.metrics import set_prf
 from radfm.models.encoder import RadFMEncoder
 from radfm.models.encoder_config import MODALITY_IDS, RadFMEncoderConfig
 from radfm.models.radfm_config import RadFMBridgeConfig
 from radfm.preprocess.plan import PreprocessPlan, apply_plan
-from radfm.tasks.report.drafting import finding_prf, mentioned_findings
+from radfm.tasks.report.drafting import mentioned_findings
 from radfm.tasks.report.model import (
     ReportModel,
     TinyLMConfig,
@@ -302,10 +303,10 @@ def evaluate_phantom_model(rm: ReportModel, cases: Sequence[PhantomCase], *, max
     for v in variants:
         texts = _generate_batch(rm, cases, with_image="image" in v, with_findings="findings" in v,
                                 max_new_tokens=max_new_tokens)
-        out[v] = finding_prf(gold, [mentioned_findings(t) for t in texts])
+        out[v] = set_prf(gold, [mentioned_findings(t) for t in texts])
         out[v]["examples"] = texts[:3]
-    out["reference"] = finding_prf(gold, [mentioned_findings(c.report.text) for c in cases])
-    out["none"] = finding_prf(gold, [set() for _ in cases])
+    out["reference"] = set_prf(gold, [mentioned_findings(c.report.text) for c in cases])
+    out["none"] = set_prf(gold, [set() for _ in cases])
     return out
 
 

@@ -11,7 +11,6 @@ from radfm.errors import InputError
 from radfm.tasks.report.drafting import (
     DISCLAIMER,
     draft_report,
-    finding_prf,
     link_sentences,
     mentioned_findings,
 )
@@ -46,12 +45,6 @@ def test_links_carry_the_findings_voxels_and_skip_negations() -> None:
     free = link_sentences("A 2 cm cyst in the lower pole of the left kidney.", "", None)
     assert free[0].link == "mentioned" and free[0].finding["organ"] == "kidney"
     assert free[0].finding["location"] == "lower pole of the left kidney"
-
-
-def test_finding_prf() -> None:
-    r = finding_prf([{("a", "x"), ("b", "y")}, set()], [{("a", "x")}, {("c", "z")}])
-    assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 1) and r["f1"] == pytest.approx(0.5)
-    assert finding_prf([set()], [set()])["f1"] == 1.0
 
 
 def test_drafts_from_saved_models_are_marked_as_drafts(tiny_vlm_dir, tiny_text_dir) -> None:

@@ -65,7 +65,7 @@ def test_image_to_report_learns_to_state_the_findings_present(tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_text_drafter_mentions_the_given_findings(shared_data, tmp_path) -> None:
-    from radfm.eval.clinical import finding_labels
+    from radfm.metrics import finding_labels
     from radfm.tasks.report.model import TinyLMConfig
     from radfm.tasks.report.text_drafter import (
         TextDrafterConfig,
