@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from radfm.data.shared import shared_data_root
 
 
 def _shared_data_dir() -> Path | None:
-    candidates = [os.environ.get("RADFM_SHARED_DATA", ""), str(REPO.parent / "shared" / "data")]
-    for c in candidates:
-        if c and Path(c, "MANIFEST.md").is_file():
-            return Path(c)
-    return None
+    """``radfm.data.shared_data_root()``, kept only when it holds the data (its MANIFEST.md)."""
+    root = shared_data_root()
+    return root if root is not None and (root / "MANIFEST.md").is_file() else None
 
 
 SHARED = _shared_data_dir()

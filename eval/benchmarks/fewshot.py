@@ -57,6 +57,7 @@ from radfm.adapters.fewshot import (
     prepare_case,
 )
 from radfm.adapters.lora import LoraSpec, trainable_parameters
+from radfm.data.shared import shared_data_root
 from radfm.eval.benchreport import add_output_args, default_md_path, format_value, machine_info, write_section
 from radfm.io.volume import Volume
 from radfm.metrics import dice
@@ -99,13 +100,6 @@ class Task:
     modality: str
     patch: tuple[int, int, int] = (16, 64, 64)
     sources: list[str] = field(default_factory=list)
-
-
-def _data_root(arg: str | None) -> Path:
-    if arg:
-        return Path(arg).expanduser()
-    env = os.environ.get("RADFM_SHARED_DATA")
-    return Path(env).expanduser() if env else Path.cwd() / ".." / "shared" / "data"
 
 
 def _crop(vol: Volume, sl: tuple[slice, slice, slice], array: np.ndarray | None = None) -> Volume:
@@ -299,7 +293,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--steps and --shots must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = _data_root(args.data)
+    data = shared_data_root(args.data) or Path("../shared/data")
     if not (data / "seg3d").is_dir():
         parser.exit(2, f"radfm bench fewshot: shared data not found at {data.resolve()}.\n"
                        "Pass --data DIR or set RADFM_SHARED_DATA to the folder holding seg3d/.\n")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import shlex
 import tempfile
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from radfm.data.shared import shared_data_root
 from radfm.eval.benchreport import (
     add_output_args,
     default_md_path,
@@ -122,13 +122,6 @@ PLAIN: dict[str, list[tuple[str, Callable[[Path], np.ndarray], bool]]] = {
 
 
 # --------------------------------------------------------------------------- helpers
-def _data_root(arg: str | None) -> Path:
-    if arg:
-        return Path(arg).expanduser()
-    env = os.environ.get("RADFM_SHARED_DATA")
-    return Path(env).expanduser() if env else Path.cwd() / ".." / "shared" / "data"
-
-
 def _radfm_io() -> Any | None:
     try:
         import radfm.io as rio
@@ -272,7 +265,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
-    data = _data_root(args.data)
+    data = shared_data_root(args.data) or Path("../shared/data")
     if not (data / "MANIFEST.md").is_file() and not (data / "seg3d").is_dir():
         parser.exit(2, f"radfm bench io: shared data not found at {data.resolve()}.\n"
                        "Pass --data DIR or set RADFM_SHARED_DATA to the folder holding seg3d/ "

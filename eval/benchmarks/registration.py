@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from radfm.data.shared import shared_data_root
 from radfm.eval.benchreport import add_output_args, default_md_path, machine_info, write_section
 
 log = logging.getLogger(__name__)
@@ -101,11 +102,11 @@ def _bench_python(explicit: str | None) -> Path | None:
 
 
 def _shared_data() -> Path:
-    env = os.environ.get("RADFM_SHARED_DATA")
-    for c in [env, str(_repo_root().parent / "shared" / "data")]:
-        if c and Path(c, "MANIFEST.md").is_file():
-            return Path(c)
-    raise SystemExit("real data not found: set RADFM_SHARED_DATA or place it at ../shared/data")
+    root = shared_data_root()
+    if root is None or not (root / "MANIFEST.md").is_file():
+        raise SystemExit(f"real data not found{f' at {root}' if root else ''}: set RADFM_SHARED_DATA "
+                         "or place it at ../shared/data")
+    return root
 
 
 def _run_ants(py: Path, fixed: Any, moving: Any, moving_labels: np.ndarray | None, threads: int) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 import radfm  # noqa: F401  (torchvision shim before transformers)
+from radfm.data.shared import shared_data_root
 from radfm.eval.benchreport import add_output_args, default_md_path, machine_info, write_section
 from radfm.metrics import CHEST_LABELS, clinical_efficacy, finding_labels, label_prf, labels_from_mesh
 from radfm.metrics.nlg import report_generation_metrics
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=None,
                    help="folder with indiana_reports.csv and r2gen_annotation.json "
-                        "(default: ../shared/data/reports/iu_xray of the checkout)")
+                        "(default: reports/iu_xray of $RADFM_SHARED_DATA or ../shared/data)")
     p.add_argument("--label-column", default="MeSH", help="conditioning labels: MeSH (default) or Problems")
     p.add_argument("--model", type=Path, default=None,
                    help="evaluate this text drafter folder instead of training one (it must have been "
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 def _data_dir(arg: Path | None) -> Path:
     if arg is not None:
         return arg
-    return default_md_path().parent.parent.parent / "shared" / "data" / "reports" / "iu_xray"
+    return (shared_data_root() or Path("../shared/data")) / "reports" / "iu_xray"
 
 
 def load_iu(data: Path, label_column: str) -> dict[str, list[dict[str, Any]]]:

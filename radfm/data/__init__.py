@@ -22,6 +22,7 @@ _EXPORTS = {
     "ReportSentence": "radfm.data.report_text",
     "render_report": "radfm.data.report_text",
     "findings_mentioned": "radfm.data.report_text",
+    "shared_data_root": "radfm.data.shared",
     "PhantomPair": "radfm.data.deform",
     "make_phantom_pair": "radfm.data.deform",
     "random_smooth_field": "radfm.data.deform",

@@ -21,7 +21,6 @@ Kinds (``SourceSpec.kind``):
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from radfm.data.patches import canonical_to_model
+from radfm.data.shared import (
+    shared_data_root,  # also re-exported: tasks/segmentation/train.py imports it from here
+)
 from radfm.errors import ConfigError, InputError
 from radfm.io import Volume, load_volume
 from radfm.preprocess.plan import PreprocessPlan, normalize_intensity
@@ -367,16 +369,6 @@ class FileSource:
             return pv
         raise InputError(f"no readable 3D volume of at least {self.spec.min_size} voxels per axis in the "
                          f"{self.kind} source.", "Check the source's path / names, or remove the source.")
-
-
-def shared_data_root(path: str | None = None) -> Path | None:
-    """``path``, ``$RADFM_SHARED_DATA``, ``./../shared/data`` or the repository's ``../shared/data``."""
-    candidates = [path, os.environ.get("RADFM_SHARED_DATA"), str(Path.cwd().parent / "shared" / "data"),
-                  str(Path(__file__).resolve().parents[2].parent / "shared" / "data")]
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    return None
 
 
 def list_volume_files(root: Path, exclude: list[str]) -> list[Path]:
