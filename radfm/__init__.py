@@ -11,7 +11,7 @@ from __future__ import annotations
 from radfm import _torchvision_compat
 from radfm._lazy import lazy_getattr
 
-_torchvision_compat.install()  # before anything imports transformers / open_clip
+_torchvision_compat.install()  # before anything imports transformers / peft
 
 __version__ = "0.1.0"
 

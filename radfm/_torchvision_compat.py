@@ -1,8 +1,8 @@
 """Make torchvision importable beside a CPU torch whose build it was not compiled against.
 
 Why: PyPI's torchvision 0.28 cannot register its compiled ops next to torch 2.13.0+cpu and
-fails at import with ``operator torchvision::nms does not exist``. transformers, peft,
-open_clip and segment-anything import torchvision, so they would all fail. Defining the two
+fails at import with ``operator torchvision::nms does not exist``. transformers, peft
+and segment-anything import torchvision when it is installed, so they would all fail. Defining the two
 op schemas it looks up before its first import lets it load; its compiled ops (nms,
 roi_align, video decoders) stay unavailable, and radfm does not use them.
 
