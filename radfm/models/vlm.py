@@ -73,6 +73,32 @@ class RadFMForReportGeneration(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """Nothing of its own: encoder, bridge and LLM initialise themselves (smart_apply)."""
 
+    # --- loading -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any,
+                        **kwargs: Any) -> RadFMForReportGeneration:
+        """``PreTrainedModel.from_pretrained`` that refuses a checkpoint lacking any weight.
+
+        Why: transformers initialises missing weights randomly and only prints a MISSING table, so
+        a report model whose encoder was not saved would draft from noise. Raises ``ConfigError``
+        naming the folder and the missing keys. ``output_loading_info=True`` is honoured.
+        """
+        want_info = bool(kwargs.pop("output_loading_info", False))
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                              **kwargs)
+        tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+        missing = sorted(k for k in info["missing_keys"] if k not in tied)
+        if missing:
+            parts = sorted({k.split(".", 1)[0] for k in missing})
+            hint = ("Save the whole model with save_pretrained, or load a report model trained on the "
+                    "starter encoder with radfm.tasks.report.model.load_report_model (it records where "
+                    "its encoder comes from)." if "encoder" in parts else
+                    "Save the whole model with save_pretrained.")
+            shown = ", ".join(missing[:10]) + (f" … ({len(missing)} in all)" if len(missing) > 10 else "")
+            raise ConfigError(f"{pretrained_model_name_or_path} lacks the weights of {'/'.join(parts)} "
+                              f"(missing keys: {shown}); they would be left random.", hint)
+        return (model, info) if want_info else model
+
     # --- building from existing checkpoints --------------------------------------------------
     @classmethod
     def from_parts(

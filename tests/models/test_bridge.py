@@ -157,3 +157,25 @@ def test_loss_is_only_on_report_tokens() -> None:
     m.train()
     m(ids, pixel_values=x, labels=labels).loss.backward()
     assert m.bridge.queries.grad is not None and m.encoder.patch_embed.proj.weight.grad is not None
+
+
+def test_from_pretrained_refuses_a_checkpoint_without_encoder_weights(tmp_path) -> None:
+    """transformers would leave the encoder random (a MISSING table only); radfm must refuse loudly."""
+    from safetensors.torch import load_file, save_file
+
+    from radfm.errors import ConfigError
+
+    tiny_vlm().save_pretrained(tmp_path)
+    loaded = RadFMForReportGeneration.from_pretrained(tmp_path)  # the whole model loads fine
+    assert isinstance(loaded, RadFMForReportGeneration)
+    weights = tmp_path / "model.safetensors"
+    state = load_file(str(weights))
+    dropped = sorted(k for k in state if k.startswith("encoder."))
+    assert dropped
+    save_file({k: v for k, v in state.items() if not k.startswith("encoder.")}, str(weights),
+              metadata={"format": "pt"})
+    with pytest.raises(ConfigError) as err:
+        RadFMForReportGeneration.from_pretrained(tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path) in msg and "encoder" in msg and dropped[0] in msg
+    assert "load_report_model" in err.value.hint
