@@ -54,6 +54,9 @@ class ServeSettings:
         log_details: log full tracebacks of unexpected errors (their messages may quote PHI).
         tmp_dir: where uploads are unpacked (default: the system temp dir).
         routers: names in ``radfm.routes`` to mount; None mounts every installed one.
+        session_ttl_s: idle seconds before an interactive session (``/v1/sessions``) expires.
+        session_max_bytes: memory cap of all interactive sessions together (least recently used
+            evicted first); each holds a preprocessed volume and its image embedding.
     """
 
     api_keys: tuple[str, ...] = field(repr=False, default=())
@@ -66,6 +69,8 @@ class ServeSettings:
     log_details: bool = False
     tmp_dir: Path | None = None
     routers: tuple[str, ...] | None = None
+    session_ttl_s: float = 900.0
+    session_max_bytes: int = 2 * 2**30
 
     @property
     def upload_limits(self) -> UploadLimits:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +152,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(api_keys=keys, host=args.host, port=args.port,
                              max_upload_bytes=int(args.max_upload_mb * 2**20),
                              request_timeout_s=args.timeout_s, log_details=args.log_details,
-                             routers=tuple(args.router) if args.router else None)
+                             routers=tuple(args.router) if args.router else None,
+                             session_ttl_s=_setting(args.session_ttl_s, "RADFM_SESSION_TTL_S", 900.0),
+                             session_max_bytes=int(_setting(args.session_max_mb, "RADFM_SESSION_MAX_MB", 2048.0) * 2**20))
     handle = build_backend(args.engine, model_dir=args.model, llm_dir=args.llm,
                            adapters=_name_dir(args.adapter, "--adapter"), vllm_url=args.vllm_url,
                            vllm_model=args.vllm_model, vllm_python=args.vllm_python,
@@ -162,6 +165,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         handle.close()
     return 0
+
+
+def _setting(value: float | None, name: str, default: float) -> float:
+    """The option if given, else ``$name`` (deployments set it without editing the command), else ``default``."""
+    if value is not None:
+        return value
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"${name} must be a number, got {raw!r}.") from None
 
 
 def register(subparsers: Any) -> None:
@@ -191,6 +207,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-upload-mb", type=float, default=512, help="request body limit in MB (default: 512)")
     p.add_argument("--timeout-s", type=float, default=600, help="per-request time limit (default: 600)")
     p.add_argument("--max-concurrency", type=int, default=64, help="open requests before 503 (default: 64)")
+    p.add_argument("--session-ttl-s", type=float, default=None,
+                   help="idle seconds before an interactive /v1/sessions session expires "
+                        "(default: $RADFM_SESSION_TTL_S or 900)")
+    p.add_argument("--session-max-mb", type=float, default=None,
+                   help="memory cap of all interactive sessions, least recently used evicted first "
+                        "(default: $RADFM_SESSION_MAX_MB or 2048)")
     p.add_argument("--router", action="append", metavar="NAME", help="mount only these radfm.routes (repeatable)")
     p.add_argument("--log-details", action="store_true", help="log full tracebacks (may contain PHI)")
     p.set_defaults(func=cmd_serve)

@@ -1,8 +1,10 @@
 """``POST /v1/segment``: upload a study and prompts, get the mask (JSON summary + NIfTI / DICOM SEG).
 
 Registered as ``segmentation`` in the ``radfm.routes`` entry-point group; ``routes(state)`` returns
-the router. The model is the one given with ``radfm serve --model-dir segmentation=DIR``, or the
-shipped one. It runs in the API process (no LLM backend needed).
+the router, which also carries the interactive ``/v1/sessions`` routes
+(:mod:`radfm.tasks.segmentation.session_routes`). The model is the one given with ``radfm serve
+--model-dir segmentation=DIR``, or the shipped one; it is loaded once per process
+(:mod:`radfm.tasks.segmentation.model_cache`) and runs in the API process (no LLM backend needed).
 
 Contract (multipart/form-data):
 
@@ -29,9 +31,8 @@ too large → 413. Nothing of the image, the prompts' results or the DICOM heade
 from __future__ import annotations
 
 import argparse
-import base64
 import logging
-import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,7 @@ from radfm.errors import InputError
 
 log = logging.getLogger("radfm.serve.segment")
 
-__all__ = ["parse_points", "routes"]
-
-RETURN_KINDS = ("nifti", "dicom-seg", "none")
+__all__ = ["check_modality", "merge_points", "model_dir_of", "parse_points", "routes"]
 
 
 def parse_points(text: str | None, field: str) -> tuple[list[tuple[float, float, float]], list[int]]:
@@ -75,8 +74,38 @@ def _parse_box(text: str | None) -> tuple[float, ...] | None:
         raise InputError(f"'box': {exc}.") from None
 
 
+def model_dir_of(state: Any) -> Path | None:
+    """The segmentation model folder this server was started with (None: the shipped model)."""
+    return state.model_dirs.get("segmentation")
+
+
+def merge_points(volume: Any, pts: list[Any], labels: list[int], pts_mm: list[Any], labels_mm: list[int],
+                 has_box: bool) -> tuple[list[Any] | None, list[int] | None, str]:
+    """Voxel and mm clicks as one list in one coordinate system: ``(points, labels, coords)``.
+
+    The predictor takes one system per call; mm clicks alone go in as ``"world"`` (so an outside
+    point is reported in mm), mixed with voxel clicks or a (voxel) box they become native indices.
+    """
+    if not pts_mm:
+        return (pts or None), (labels or None), "voxel"
+    if not pts and not has_box:
+        return pts_mm, labels_mm, "world"
+    from radfm.io import canonical_index_to_native, check_inside, world_to_canonical_index
+
+    canon = world_to_canonical_index(pts_mm, volume)
+    try:
+        check_inside(canon, volume.shape)
+    except InputError as exc:
+        raise InputError(f"'points_mm': a point is outside the image ({exc.problem})",
+                         "points_mm are world RAS+ millimetres (DICOM viewers show LPS: negate x and y).") from None
+    native = canonical_index_to_native(canon, volume)
+    return [*pts, *native.tolist()], [*labels, *labels_mm], "voxel"
+
+
 def routes(state: Any) -> APIRouter:
-    """The ``/v1/segment`` router for the radfm service (see the module docstring for the contract)."""
+    """The ``/v1/segment`` and ``/v1/sessions`` routers (see the module docstring for the contract)."""
+    from radfm.tasks.segmentation.session_routes import session_router
+
     router = APIRouter(prefix="/v1", tags=["segmentation"])
 
     @router.post("/segment")
@@ -89,42 +118,49 @@ def routes(state: Any) -> APIRouter:
         modality: str | None = Form(None),
         return_mask: str = Form("nifti"),
     ) -> dict[str, Any]:
+        from radfm.io import load_volume
         from radfm.serve.uploads import discard_upload, save_upload_to_tmp
-        from radfm.tasks.segmentation.predictor import segment_file
+        from radfm.tasks.segmentation.model_cache import get_segmenter
+        from radfm.tasks.segmentation.payload import check_return_kind, result_payload
+        from radfm.tasks.segmentation.predictor import SegPredictor, default_model_dir
 
+        t0 = time.perf_counter()
         pts, labels = parse_points(points, "points")
         pts_mm, labels_mm = parse_points(points_mm, "points_mm")
         bx = _parse_box(box)
         if not pts and not pts_mm and bx is None:
             raise InputError("empty prompt: give 'points', 'points_mm' or 'box'.",
                              "e.g. points=120,88,40 (voxel indices of the uploaded file as stored).")
-        if modality is not None and modality not in ("CT", "MR"):
-            raise InputError(f"modality must be 'CT' or 'MR', got {modality!r}.")
-        if return_mask not in RETURN_KINDS:
-            raise InputError(f"return_mask must be one of {', '.join(RETURN_KINDS)}, got {return_mask!r}.")
-        model_dir = state.model_dirs.get("segmentation")
+        check_modality(modality)
+        check_return_kind(return_mask)
+        model_dir = model_dir_of(state)
         path = save_upload_to_tmp(file)
         try:
-            if return_mask == "dicom-seg" and not path.is_dir():
+            if return_mask == "dicom-seg" and not path.is_dir():  # refuse before loading the image
                 raise InputError("a DICOM SEG needs a DICOM series as input.",
                                  "Upload a zipped DICOM series, or ask for return_mask=nifti.")
-            with tempfile.TemporaryDirectory(prefix="radfm-seg-out-") as tmp:
-                out = Path(tmp) / "mask.nii.gz"
-                seg = Path(tmp) / "mask_seg.dcm" if return_mask == "dicom-seg" else None
-                summary = segment_file(path, out=out, points=pts, labels=labels, points_mm=pts_mm,
-                                       labels_mm=labels_mm, box=bx, model_dir=model_dir, dicom_seg=seg,
-                                       modality=modality, structure=structure)
-                if return_mask == "nifti":
-                    summary["mask_nifti_gz_b64"] = base64.b64encode(out.read_bytes()).decode("ascii")
-                elif seg is not None:
-                    summary["dicom_seg_b64"] = base64.b64encode(seg.read_bytes()).decode("ascii")
+            volume = load_volume(path, modality=modality)
+            predictor = SegPredictor(get_segmenter(model_dir))  # loaded once per process
+            predictor.set_volume(volume)
+            p, lab, coords = merge_points(volume, pts, labels, pts_mm, labels_mm, bx is not None)
+            result = predictor.predict(points=p, labels=lab, box=bx, coords=coords, class_name=structure)
+            summary = result_payload(result, volume, return_mask=return_mask, structure=structure)
         finally:
             discard_upload(path)
-        # server-side temporary paths mean nothing to the client
-        summary.pop("mask", None)
-        summary.pop("dicom_seg", None)
-        summary["model"] = Path(str(summary.get("model"))).name
-        summary["is_research_output"] = True
+        summary["prompts"] = {"points_voxel": [list(map(float, q)) for q in pts],
+                              "points_mm": [list(map(float, q)) for q in pts_mm],
+                              "labels": [*labels, *labels_mm], "box_voxel": None if bx is None else list(bx),
+                              "structure": structure}
+        # server-side paths mean nothing to the client: the folder's name only
+        summary["model"] = Path(model_dir or default_model_dir()).name
+        summary.update(dtype="fp32", seconds=round(time.perf_counter() - t0, 3), is_research_output=True)
         return summary
 
+    router.include_router(session_router(state))
     return router
+
+
+def check_modality(modality: str | None) -> None:
+    """400 unless ``modality`` is None, "CT" or "MR"."""
+    if modality is not None and modality not in ("CT", "MR"):
+        raise InputError(f"modality must be 'CT' or 'MR', got {modality!r}.")
