@@ -27,6 +27,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from radfm.errors import ConfigError, InputError
+from radfm.models.cnn import ConvTrunk3d
 from radfm.models.encoder_config import RadFMEncoderConfig, up_stage_factors
 from radfm.models.pos_embed import interpolate_pos_table, sincos_pos_embed_3d
 
@@ -284,12 +285,15 @@ class RadFMEncoderOutput(ModelOutput):
             (before the final norm).
         feature_pyramid: four ``(B, c_i, …)`` maps, finest first (see :class:`FeaturePyramid`), or
             ``None`` when ``output_pyramid=False`` or ``keep_indices`` was given.
+        feature_maps: CNN trunks only: every stage's map, finest first (strides 1, 2, 4, …), the
+            inputs of U-shaped decoders.
     """
 
     last_hidden_state: torch.Tensor | None = None
     grid_size: tuple[int, int, int] | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     feature_pyramid: tuple[torch.Tensor, ...] | None = None
+    feature_maps: tuple[torch.Tensor, ...] | None = None
 
 
 class RadFMEncoder(PreTrainedModel):
@@ -311,6 +315,10 @@ class RadFMEncoder(PreTrainedModel):
     def __init__(self, config: RadFMEncoderConfig) -> None:
         super().__init__(config)
         h = config.hidden_size
+        if config.architecture == "cnn":
+            self._build_cnn(config)
+            self.post_init()
+            return
         self.patch_embed = PatchEmbed3d(
             in_channels=config.in_channels, hidden_size=h, patch_size=config.patch_size
         )
@@ -342,6 +350,18 @@ class RadFMEncoder(PreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def _build_cnn(self, config: RadFMEncoderConfig) -> None:
+        chans = list(config.cnn_channels)
+        self.trunk = ConvTrunk3d(in_channels=config.in_channels, channels=chans, blocks=config.cnn_blocks)
+        self.cls_token, self.pos_table = None, None
+        self.modality_embed = nn.Embedding(config.num_modalities, chans[0]) if config.modality_embedding else None
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+
+    @property
+    def is_cnn(self) -> bool:
+        return self.config.architecture == "cnn"
+
     @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patch tokens in ``last_hidden_state`` (1 with a class token, else 0)."""
@@ -366,9 +386,10 @@ class RadFMEncoder(PreTrainedModel):
                 init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:
                     init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):  # includes LayerNorm3d
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.InstanceNorm3d)):  # includes LayerNorm3d
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             # Zero: a fresh modality embedding changes nothing until training gives it a reason.
             init.zeros_(module.weight)
@@ -448,6 +469,11 @@ class RadFMEncoder(PreTrainedModel):
         Returns:
             :class:`RadFMEncoderOutput`.
         """
+        if self.is_cnn:
+            if keep_indices is not None:
+                raise ConfigError("keep_indices (MAE token dropping) needs a ViT encoder; this one is a CNN.",
+                                  "Mask the input instead (radfm.training.inpaint).")
+            return self._forward_cnn(pixel_values, modality_ids)
         x, grid = self.embed(pixel_values, modality_ids)
         if keep_indices is not None:
             x = self._gather_kept(x, keep_indices)
@@ -474,6 +500,48 @@ class RadFMEncoder(PreTrainedModel):
             grid_size=grid,
             hidden_states=hidden_states,
             feature_pyramid=pyramid,
+        )
+
+    def _modality_vector(self, modality_ids: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
+        if modality_ids is None:
+            return None
+        if self.modality_embed is None:
+            raise ConfigError(
+                "modality_ids were given but this encoder has no modality embedding.",
+                "Build it with modality_embedding=True or pass modality_ids=None.",
+            )
+        modality_ids = torch.as_tensor(modality_ids, device=device).long().reshape(-1)
+        if modality_ids.shape[0] != batch:
+            raise InputError(f"modality_ids has shape {tuple(modality_ids.shape)}, expected ({batch},).")
+        if int(modality_ids.min()) < 0 or int(modality_ids.max()) >= self.config.num_modalities:
+            raise InputError(
+                f"modality_ids must be in [0, {self.config.num_modalities}), got {modality_ids.tolist()}."
+            )
+        return self.modality_embed(modality_ids)
+
+    def _forward_cnn(self, pixel_values: torch.Tensor, modality_ids: torch.Tensor | None) -> RadFMEncoderOutput:
+        _check_input(pixel_values, in_channels=self.config.in_channels, patch_size=self.config.patch_size)
+        dtype = self.norm.weight.dtype
+        if not pixel_values.is_floating_point() or not torch.is_autocast_enabled(pixel_values.device.type):
+            pixel_values = pixel_values.to(dtype)
+        bias = self._modality_vector(modality_ids, pixel_values.shape[0], pixel_values.device)
+        stride = self.config.patch_size[2]
+        width = pixel_values.shape[-1]
+        single = all(s == p for s, p in zip(pixel_values.shape[2:], self.config.patch_size))
+        if single:  # instance norm needs > 1 voxel at the deepest stage: pad W, crop the maps back
+            pixel_values = F.pad(pixel_values, (0, stride, 0, 0, 0, 0), mode="replicate")
+        feats = self.trunk(pixel_values, bias)
+        if single:
+            feats = [f[..., : max(1, width * f.shape[-1] // (2 * width))] for f in feats]
+        deep = feats[-1]
+        grid = tuple(deep.shape[2:])
+        tokens = deep.flatten(2).transpose(1, 2)
+        return RadFMEncoderOutput(
+            last_hidden_state=self.norm(tokens.to(dtype)),
+            grid_size=grid,  # type: ignore[arg-type]
+            hidden_states=(tokens,),
+            feature_pyramid=tuple(feats[:4]),
+            feature_maps=tuple(feats),
         )
 
     @staticmethod

@@ -13,7 +13,7 @@ from transformers import PreTrainedConfig
 
 from radfm.errors import ConfigError
 
-__all__ = ["ENCODER_PRESETS", "MODALITY_IDS", "RadFMEncoderConfig"]
+__all__ = ["ARCHITECTURES", "ENCODER_PRESETS", "MODALITY_IDS", "RadFMEncoderConfig"]
 
 #: Modality ids understood by the modality embedding (``modality_ids`` in the encoder's forward).
 MODALITY_IDS: dict[str, int] = {"CT": 0, "MR": 1, "other": 2}
@@ -29,7 +29,16 @@ ENCODER_PRESETS: dict[str, dict[str, Any]] = {
     "base": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "patch_size": (16, 16, 16)},
     # ViT-L: 306.5 M + 11.9 M
     "large": {"hidden_size": 1024, "num_layers": 24, "num_heads": 16, "patch_size": (16, 16, 16)},
+    # residual CNN trunks (architecture="cnn"): features at strides 1, 2, 4, 8, 16
+    # tests: 0.17 M
+    "cnn-tiny": {"architecture": "cnn", "cnn_channels": (8, 16, 24, 32, 48), "cnn_blocks": (1, 1, 1, 1, 1)},
+    # the shipped starter encoder: 2.7 M
+    "cnn-small": {"architecture": "cnn", "cnn_channels": (16, 32, 64, 96, 128), "cnn_blocks": (1, 1, 2, 2, 2)},
+    # GPU: 19.6 M
+    "cnn-base": {"architecture": "cnn", "cnn_channels": (32, 64, 128, 256, 320), "cnn_blocks": (1, 2, 2, 3, 3)},
 }
+
+ARCHITECTURES = ("vit", "cnn")
 
 NUM_PYRAMID_LEVELS = 4
 
@@ -99,6 +108,12 @@ class RadFMEncoderConfig(PreTrainedConfig):
         learned_pos_embed: add a learned positional table, stored at ``pos_embed_ref_grid`` and
             resampled trilinearly to the actual grid, on top of the fixed 3D sin-cos code.
         pos_embed_ref_grid: grid ``(gd, gh, gw)`` at which the learned table is stored.
+        architecture: ``"vit"`` (the fields above) or ``"cnn"``: a residual CNN trunk
+            (:mod:`radfm.models.cnn`) with ``cnn_channels`` (width per stage, finest first, stage
+            ``s`` at stride ``2**s``) and ``cnn_blocks`` (residual blocks per stage). For a CNN the
+            patch size is the total stride, ``hidden_size`` the deepest width, the feature pyramid
+            the four finest stages (strides 1, 2, 4, 8) and the tokens the deepest stage; the
+            ViT-only fields are ignored.
     """
 
     model_type = "radfm_encoder"
@@ -125,9 +140,18 @@ class RadFMEncoderConfig(PreTrainedConfig):
     num_modalities: int = 3
     learned_pos_embed: bool = False
     pos_embed_ref_grid: int | list[int] | tuple[int, ...] = (8, 8, 8)
+    architecture: str = "vit"
+    cnn_channels: list[int] | tuple[int, ...] | None = None
+    cnn_blocks: list[int] | tuple[int, ...] | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         # Normalise here (JSON gives lists, users give ints) so the model reads one form only.
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}.")
+        if self.architecture == "cnn":
+            self._post_init_cnn()
+            super().__post_init__(**kwargs)
+            return
         self.patch_size = _triple(self.patch_size, "patch_size")
         self.pos_embed_ref_grid = _triple(self.pos_embed_ref_grid, "pos_embed_ref_grid")
         if self.in_channels < 1:
@@ -169,6 +193,26 @@ class RadFMEncoderConfig(PreTrainedConfig):
             raise ConfigError(f"num_modalities must be >= 1, got {self.num_modalities}.")
         super().__post_init__(**kwargs)
 
+    def _post_init_cnn(self) -> None:
+        """A CNN trunk: the "patch" is its total stride, ``hidden_size`` its deepest width."""
+        chans = [int(c) for c in (self.cnn_channels or ENCODER_PRESETS["cnn-small"]["cnn_channels"])]
+        blocks = [int(b) for b in (self.cnn_blocks or [1] * len(chans))]
+        if len(chans) < 4 or len(blocks) != len(chans) or min(chans) < 1 or min(blocks) < 0:
+            raise ConfigError(f"cnn_channels needs >= 4 positive widths and cnn_blocks one count per stage, got "
+                              f"{self.cnn_channels!r} / {self.cnn_blocks!r}.")
+        self.cnn_channels, self.cnn_blocks = chans, blocks
+        self.patch_size = (2 ** (len(chans) - 1),) * 3
+        self.pos_embed_ref_grid = _triple(self.pos_embed_ref_grid, "pos_embed_ref_grid")
+        self.hidden_size = chans[-1]
+        self.num_heads = 1
+        self.num_layers = len(chans)
+        self.out_indices = list(range(NUM_PYRAMID_LEVELS))
+        self.pyramid_channels = chans[:NUM_PYRAMID_LEVELS]
+        self.use_cls_token = False
+        self.learned_pos_embed = False
+        if self.in_channels < 1:
+            raise ConfigError(f"in_channels must be >= 1, got {self.in_channels}.")
+
     # --- derived quantities -------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
@@ -181,6 +225,8 @@ class RadFMEncoderConfig(PreTrainedConfig):
         Nominally patch/4, patch/2, patch, 2*patch; along an axis whose patch size cannot be
         halved (see :func:`up_stage_factors`) the finer levels keep the coarser stride.
         """
+        if self.architecture == "cnn":
+            return [(2**i,) * 3 for i in range(NUM_PYRAMID_LEVELS)]  # type: ignore[misc]
         p = self.patch_size
         f1, f2 = up_stage_factors(p)
         s2 = tuple(pi // (a * b) for pi, a, b in zip(p, f1, f2))

@@ -18,7 +18,8 @@ from radfm.models import (
 from radfm.models.pos_embed import interpolate_pos_table, sincos_pos_embed_3d
 
 # Total parameters (trunk + pyramid, 1 input channel) expected per preset, in millions.
-EXPECTED_MILLIONS = {"tiny": (0.15, 0.4), "small": (20, 30), "base": (85, 100), "large": (300, 330)}
+EXPECTED_MILLIONS = {"tiny": (0.15, 0.4), "small": (20, 30), "base": (85, 100), "large": (300, 330),
+                     "cnn-tiny": (0.2, 0.4), "cnn-small": (3.0, 4.5), "cnn-base": (28, 36)}
 
 
 def tiny(**overrides) -> RadFMEncoder:
@@ -35,8 +36,9 @@ def test_preset_parameter_count(name: str) -> None:
     config = RadFMEncoderConfig.from_preset(name)
     assert config.model_type == "radfm_encoder"
     assert config.hidden_size % config.num_heads == 0
-    assert len(config.out_indices) == 4 and config.out_indices[-1] == config.num_layers - 1
-    if name in ("tiny", "small"):
+    if config.architecture == "vit":
+        assert len(config.out_indices) == 4 and config.out_indices[-1] == config.num_layers - 1
+    if name in ("tiny", "small", "cnn-tiny", "cnn-small"):
         model = RadFMEncoder(config)
     else:  # meta device: shapes only, no memory, no init
         with torch.device("meta"):
@@ -247,3 +249,45 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     assert plain.keys() == ckpt.keys() and len(plain) > 10
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ----------------------------------------------------------------------------- the CNN trunk
+def test_cnn_encoder_features_at_every_stride_and_round_trip(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = RadFMEncoder(RadFMEncoderConfig.from_preset("cnn-tiny")).eval()
+    cfg = model.config
+    assert cfg.architecture == "cnn" and cfg.patch_size == (16, 16, 16) and cfg.hidden_size == 48
+    assert cfg.pyramid_strides == [(1, 1, 1), (2, 2, 2), (4, 4, 4), (8, 8, 8)]
+    x = torch.randn(2, 1, 32, 48, 16)
+    with torch.no_grad():
+        out = model(x, modality_ids=torch.tensor([0, 1]))
+    assert [tuple(f.shape) for f in out.feature_maps] == [
+        (2, 8, 32, 48, 16), (2, 16, 16, 24, 8), (2, 24, 8, 12, 4), (2, 32, 4, 6, 2), (2, 48, 2, 3, 1)]
+    assert len(out.feature_pyramid) == 4 and out.grid_size == (2, 3, 1)
+    assert out.last_hidden_state.shape == (2, 6, 48)  # the deepest stage as tokens (report bridge)
+    model.save_pretrained(tmp_path / "enc")
+    loaded = RadFMEncoder.from_pretrained(tmp_path / "enc").eval()
+    assert loaded.config.architecture == "cnn"
+    with torch.no_grad():
+        again = loaded(x, modality_ids=torch.tensor([0, 1]))
+    for a, b in zip(out.feature_maps, again.feature_maps):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_cnn_encoder_rejects_mae_token_dropping_and_bad_shapes() -> None:
+    model = RadFMEncoder(RadFMEncoderConfig.from_preset("cnn-tiny"))
+    with pytest.raises(ValueError, match="CNN"):
+        model(torch.randn(1, 1, 16, 16, 16), keep_indices=torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        model(torch.randn(1, 1, 20, 16, 16))
+
+
+def test_cnn_modality_embedding_changes_the_features() -> None:
+    torch.manual_seed(0)
+    model = RadFMEncoder(RadFMEncoderConfig.from_preset("cnn-tiny")).eval()
+    with torch.no_grad():
+        model.modality_embed.weight.normal_()
+        x = torch.randn(1, 1, 16, 16, 16)
+        ct = model(x, modality_ids=torch.tensor([0])).feature_maps[0]
+        mr = model(x, modality_ids=torch.tensor([1])).feature_maps[0]
+    assert (ct - mr).abs().mean() > 1e-3
