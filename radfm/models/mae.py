@@ -14,6 +14,12 @@ Shapes: volumes ``(B, C, D, H, W)``; patches are flattened z-major like the enco
 (``N = gd * gh * gw``) and each patch's voxels in ``(C, pd, ph, pw)`` order, the layout of the
 patch-embedding Conv3d kernel, so ``P = C * pd * ph * pw``.
 
+CNN encoders (``architecture="cnn"``) are pretrained the same way with a convolutional twist
+(SparK / Models Genesis style): the hidden patches (``mask_patch_size``, default 8³ voxels) are
+set to zero in the input, the trunk encodes the whole masked volume, and a light U-shaped decoder
+(:class:`CNNInpaintDecoder`) predicts every voxel; the loss and the flat-patch yardstick are the
+same as the ViT's, on the hidden patches only.
+
 ``model.encoder`` is a plain :class:`~radfm.models.encoder.RadFMEncoder`:
 ``model.encoder.save_pretrained(dir)`` exports the shared encoder alone. Its feature pyramid is
 not used by MAE (no gradient); the training loop freezes it (see ``radfm.training.pretrain``).
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
@@ -32,11 +39,13 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from radfm.errors import ConfigError, InputError
+from radfm.models.cnn import ConvNormAct
 from radfm.models.encoder import Block, RadFMEncoder, random_keep_indices
 from radfm.models.encoder_config import RadFMEncoderConfig
 from radfm.models.pos_embed import sincos_pos_embed_3d
 
 __all__ = [
+    "CNNInpaintDecoder",
     "MAEDecoder",
     "RadFMForMaskedVolumeModeling",
     "RadFMMAEConfig",
@@ -158,6 +167,8 @@ class RadFMMAEConfig(PreTrainedConfig):
             for an even higher ratio).
         norm_pix_loss: predict per-patch normalised voxels (see :func:`masked_reconstruction_loss`).
         norm_pix_eps: variance floor of that normalisation, in squared normalised-intensity units.
+        mask_patch_size: voxels per masked patch (``None``: the encoder's patch size for a ViT, 8
+            for a CNN, whose 16-voxel stride would hide 3 cm cubes at 2 mm).
     """
 
     model_type = "radfm_mae"
@@ -171,6 +182,7 @@ class RadFMMAEConfig(PreTrainedConfig):
     mask_ratio: float | int = 0.75
     norm_pix_loss: bool = True
     norm_pix_eps: float | int = 1e-6
+    mask_patch_size: int | list[int] | tuple[int, ...] | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.decoder_hidden_size % max(self.decoder_heads, 1) or self.decoder_heads < 1:
@@ -238,6 +250,28 @@ class MAEDecoder(nn.Module):
         return self.pred(self.norm(x[:, num_prefix_tokens:]))
 
 
+class CNNInpaintDecoder(nn.Module):
+    """Stage maps of a CNN trunk (finest first) → a voxel prediction ``(B, C, D, H, W)``.
+
+    Transposed conv ×2, add the skip of that stage, one conv-norm-act, up to full resolution, then
+    a 1×1 conv. Light on purpose: it is thrown away after pretraining.
+    """
+
+    def __init__(self, *, channels: list[int], out_channels: int) -> None:
+        super().__init__()
+        n = len(channels) - 1
+        self.up = nn.ModuleList(nn.ConvTranspose3d(channels[i + 1], channels[i], 2, stride=2)
+                                for i in reversed(range(n)))
+        self.conv = nn.ModuleList(ConvNormAct(channels[i], channels[i]) for i in reversed(range(n)))
+        self.pred = nn.Conv3d(channels[0], out_channels, kernel_size=1)
+
+    def forward(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x = features[-1]
+        for j, (up, conv) in enumerate(zip(self.up, self.conv)):
+            x = conv(up(x) + features[len(features) - 2 - j].to(x.dtype))
+        return self.pred(x)
+
+
 # ----------------------------------------------------------------------------- the model
 @dataclass
 class RadFMMAEOutput(ModelOutput):
@@ -273,6 +307,10 @@ class RadFMForMaskedVolumeModeling(PreTrainedModel):
         enc: RadFMEncoderConfig = config.encoder_config
         self.encoder = RadFMEncoder(enc)
         pd, ph, pw = enc.patch_size
+        if enc.architecture == "cnn":
+            self.decoder = CNNInpaintDecoder(channels=list(enc.cnn_channels), out_channels=enc.in_channels)
+            self.post_init()
+            return
         self.decoder = MAEDecoder(
             encoder_hidden_size=enc.hidden_size,
             hidden_size=config.decoder_hidden_size,
@@ -291,15 +329,28 @@ class RadFMForMaskedVolumeModeling(PreTrainedModel):
             init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.InstanceNorm3d)) and module.weight is not None:
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)) and self.config.encoder_config.architecture == "cnn":
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, MAEDecoder):
             init.normal_(module.mask_token, std=0.02)
 
+    @property
+    def mask_patch_size(self) -> tuple[int, int, int]:
+        """Voxels per masked (and predicted) patch."""
+        m = self.config.mask_patch_size
+        if m is None:
+            enc = self.config.encoder_config
+            return (8, 8, 8) if enc.architecture == "cnn" else tuple(enc.patch_size)  # type: ignore[return-value]
+        return (int(m),) * 3 if isinstance(m, int) else tuple(int(v) for v in m)  # type: ignore[return-value]
+
     def grid_size(self, spatial_shape: tuple[int, ...]) -> tuple[int, int, int]:
-        """Token grid ``(gd, gh, gw)`` of an input with spatial shape ``(D, H, W)``."""
-        return tuple(s // p for s, p in zip(spatial_shape, self.config.encoder_config.patch_size))  # type: ignore[return-value]
+        """Mask grid ``(gd, gh, gw)`` of an input with spatial shape ``(D, H, W)`` (the ViT's token grid)."""
+        return tuple(s // p for s, p in zip(spatial_shape, self.mask_patch_size))  # type: ignore[return-value]
 
     def random_keep_indices(
         self, batch_size: int, num_tokens: int, *, generator: torch.Generator | None = None
@@ -336,10 +387,28 @@ class RadFMForMaskedVolumeModeling(PreTrainedModel):
         if keep_indices is None:
             keep_indices = self.random_keep_indices(pixel_values.shape[0], n, generator=generator)
         keep_indices = keep_indices.to(pixel_values.device)
+        if self.config.encoder_config.architecture == "cnn":
+            return self._forward_cnn(pixel_values, modality_ids, keep_indices, grid)
         enc = self.encoder(pixel_values, modality_ids=modality_ids, keep_indices=keep_indices, output_pyramid=False)
         pred = self.decoder(enc.last_hidden_state, keep_indices, grid, self.encoder.num_prefix_tokens)
         mask = mask_from_keep_indices(keep_indices, n)
         target = patchify(pixel_values, self.config.encoder_config.patch_size)
+        loss, per_sample = masked_reconstruction_loss(
+            pred, target, mask, norm_pix_loss=self.config.norm_pix_loss, norm_pix_eps=self.config.norm_pix_eps
+        )
+        return RadFMMAEOutput(loss=loss, per_sample_loss=per_sample, predictions=pred, mask=mask,
+                              keep_indices=keep_indices)
+
+
+    def _forward_cnn(self, pixel_values: torch.Tensor, modality_ids: torch.Tensor | None,
+                     keep_indices: torch.Tensor, grid: tuple[int, int, int]) -> RadFMMAEOutput:
+        n = grid[0] * grid[1] * grid[2]
+        mask = mask_from_keep_indices(keep_indices, n)
+        hidden = F.interpolate(mask.reshape(-1, 1, *grid), scale_factor=self.mask_patch_size, mode="nearest")
+        masked = pixel_values * (1.0 - hidden.to(pixel_values.dtype))
+        feats = self.encoder(masked, modality_ids=modality_ids).feature_maps
+        pred = patchify(self.decoder(feats), self.mask_patch_size)
+        target = patchify(pixel_values, self.mask_patch_size)
         loss, per_sample = masked_reconstruction_loss(
             pred, target, mask, norm_pix_loss=self.config.norm_pix_loss, norm_pix_eps=self.config.norm_pix_eps
         )

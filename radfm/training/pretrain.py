@@ -225,7 +225,7 @@ def encoder_config_of(cfg: PretrainConfig) -> RadFMEncoderConfig:
 def build_model(cfg: PretrainConfig) -> RadFMForMaskedVolumeModeling:
     """The MAE of a recipe (seeded by ``cfg.seed``), pyramid frozen (see the module docstring)."""
     enc = encoder_config_of(cfg)
-    if any(c % p for c, p in zip(cfg.data.crop_size, enc.patch_size)):
+    if any(c % p for c, p in zip(cfg.data.crop_size, enc.patch_size)):  # the CNN's "patch" is its stride
         raise ConfigError(f"data.crop_size {tuple(cfg.data.crop_size)} is not a multiple of the encoder's "
                           f"patch size {tuple(enc.patch_size)}.")
     m = cfg.model
@@ -239,7 +239,8 @@ def build_model(cfg: PretrainConfig) -> RadFMForMaskedVolumeModeling:
 
         loaded = RadFMEncoder.from_pretrained(m.init_encoder, dtype=torch.float32)
         model.encoder.load_state_dict(loaded.state_dict())
-    model.encoder.pyramid.requires_grad_(False)
+    if enc.architecture != "cnn":  # a ViT's pyramid gets no gradient from MAE; a CNN has none
+        model.encoder.pyramid.requires_grad_(False)
     return model
 
 
@@ -413,7 +414,7 @@ def evaluate(model: RadFMForMaskedVolumeModeling, batch: dict[str, torch.Tensor]
     cfg = model.config
     n_tokens = math.prod(model.grid_size(tuple(batch["pixel_values"].shape[2:])))
     _, flat = flat_patch_baseline(batch["pixel_values"], mask_from_keep_indices(keep, n_tokens),
-                                  cfg.encoder_config.patch_size, norm_pix_loss=cfg.norm_pix_loss,
+                                  model.mask_patch_size, norm_pix_loss=cfg.norm_pix_loss,
                                   norm_pix_eps=cfg.norm_pix_eps)
     result = {"eval_loss": float(per.mean()), "eval_flat_baseline": float(flat.mean())}
     for name, mid in MODALITY_IDS.items():
