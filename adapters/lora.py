@@ -13,6 +13,11 @@ tooling (vLLM, the hub) reads. We add what peft cannot know about a radiology mo
 
 Module names (see ``radfm.models.encoder``): LoRA targets ``qkv``, ``attn.proj``, ``fc1``, ``fc2``
 (and optionally ``patch_embed.proj``, ``pyramid.lateral.N``); the task head is ``head``.
+
+Per-adapter heads (:func:`attach_lora` … :func:`merge`) work on any :class:`HeadedTaskModel`: a
+task model that says how its head is sized and built (the dense segmentation model of
+``radfm.tasks.dense_segmentation`` is one). Why a protocol and not the class: adapters sit below
+tasks and never import them.
 """
 
 from __future__ import annotations
@@ -24,14 +29,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 import radfm  # noqa: F401  (installs the torchvision shim before peft imports it)
 from radfm.errors import ConfigError, InputError
-from radfm.models.heads import HEAD_FIELDS, DenseSegmentationHead, RadFMForDenseSegmentation, head_spec
 from radfm.preprocess.plan import PreprocessPlan
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ADAPTER_META_FILENAME",
     "DEFAULT_TARGETS",
+    "HeadedTaskModel",
     "LoraSpec",
     "adapter_meta",
     "add_adapter",
@@ -63,6 +68,28 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DEFAULT_TARGETS: tuple[str, ...] = ("qkv", "attn.proj", "fc1", "fc2")
 #: The 1×1 ``lateral`` convs of the encoder's feature pyramid (``include_pyramid``).
 PYRAMID_TARGETS: tuple[str, ...] = tuple(f"pyramid.lateral.{i}" for i in range(4))
+
+
+def cnn_lora_targets(encoder_config: Any) -> tuple[str, ...]:
+    """peft suffixes of a CNN trunk's residual convs (``stages.S.B.conv1/2``: names only the encoder has)."""
+    return tuple(f"stages.{s}.{b}.conv{k}" for s, n in enumerate(encoder_config.cnn_blocks)
+                 for b in range(n) for k in (1, 2))
+
+
+def resolve_spec(spec: LoraSpec | None, encoder: nn.Module | None) -> LoraSpec:
+    """``spec`` made valid for ``encoder``'s architecture.
+
+    Why: recipes name ViT layers (the default targets, the pyramid laterals); on a CNN trunk those
+    layers do not exist, so the ViT defaults become the trunk's residual convs.
+    """
+    spec = spec or LoraSpec()
+    cfg = getattr(encoder, "config", None)
+    if getattr(cfg, "architecture", "vit") != "cnn":
+        return spec
+    targets = spec.targets if spec.targets != DEFAULT_TARGETS else cnn_lora_targets(cfg)
+    from dataclasses import replace
+
+    return replace(spec, targets=tuple(targets), include_pyramid=False, include_patch_embed=False)
 
 
 @dataclass(frozen=True)
@@ -125,6 +152,23 @@ class LoraSpec:
         return d
 
 
+@runtime_checkable
+class HeadedTaskModel(Protocol):
+    """A task model whose head peft copies per adapter: a shared ``encoder``, a ``head`` module, and
+    the config fields (``head_fields``, integers on ``config``) that size the head.
+
+    ``build_head(spec)`` returns a fresh head of the sizes in ``spec`` (an adapter for other classes).
+    """
+
+    head_fields: ClassVar[tuple[str, ...]]
+    encoder: nn.Module
+    head: nn.Module
+
+    def head_spec(self) -> dict[str, int]: ...
+
+    def build_head(self, spec: Mapping[str, int]) -> nn.Module: ...
+
+
 @dataclass
 class _Registry:
     """radfm facts about the adapters of one PeftModel (peft's config knows nothing of heads)."""
@@ -133,14 +177,16 @@ class _Registry:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _base(model: nn.Module) -> RadFMForDenseSegmentation:
+def _base(model: nn.Module) -> HeadedTaskModel:
     from peft import PeftModel
 
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    if not isinstance(base, RadFMForDenseSegmentation):
+    if not isinstance(base, HeadedTaskModel):
         raise InputError(
-            f"expected a RadFMForDenseSegmentation (or a PeftModel around one), got {type(base).__name__}.",
-            "Build it with RadFMForDenseSegmentation.from_encoder(encoder, num_classes).",
+            f"expected a task model with a per-adapter head (HeadedTaskModel, e.g. RadFMForDenseSegmentation) "
+            f"or a PeftModel around one, got {type(base).__name__}.",
+            "Build it with RadFMForDenseSegmentation.from_encoder(encoder, num_classes) "
+            "(radfm.tasks.dense_segmentation.model).",
         )
     return base
 
@@ -216,24 +262,17 @@ def _fit_head(peft_model: Any, name: str, spec: Mapping[str, int]) -> None:
     """Give adapter ``name`` a fresh head of size ``spec`` when it differs from the base head's."""
     base = peft_model.get_base_model()
     wrapper = _head_wrapper(peft_model)
+    fields = base.head_fields
     if wrapper is None or name not in wrapper.modules_to_save:
-        if any(int(spec[k]) != int(getattr(base.config, k)) for k in HEAD_FIELDS):
+        if any(int(spec[k]) != int(getattr(base.config, k)) for k in fields):
             raise ConfigError(
                 f"adapter {name!r} needs a head {dict(spec)} but 'head' is not in its modules_to_save.",
                 "Save task heads with modules_to_save=('head',).",
             )
         return
-    if all(int(spec[k]) == int(getattr(base.config, k)) for k in HEAD_FIELDS):
+    if all(int(spec[k]) == int(getattr(base.config, k)) for k in fields):
         return
-    enc = base.config.encoder_config
-    head = DenseSegmentationHead(
-        in_channels=enc.pyramid_channels,
-        image_channels=enc.in_channels,
-        num_classes=int(spec["num_classes"]),
-        channels=int(spec["head_channels"]),
-        fuse_channels=int(spec["fuse_channels"]),
-        skip_channels=int(spec["skip_channels"]),
-    )
+    head = base.build_head(spec)
     p = next(wrapper.original_module.parameters())
     wrapper.modules_to_save[name] = head.to(device=p.device, dtype=p.dtype)
 
@@ -245,7 +284,7 @@ def adapter_meta(peft_model: nn.Module, name: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- attach / add
 def attach_lora(
-    model: RadFMForDenseSegmentation,
+    model: HeadedTaskModel,
     name: str,
     spec: LoraSpec | None = None,
     *,
@@ -260,7 +299,7 @@ def attach_lora(
     from peft import get_peft_model
 
     base = _base(model)
-    spec = spec or LoraSpec()
+    spec = resolve_spec(spec, getattr(base, "encoder", None))
     peft_model = get_peft_model(base, spec.to_peft_config(modules_to_save), adapter_name=name)
     _registry(peft_model).meta[name] = _new_meta(peft_model, spec, modules_to_save)
     return peft_model
@@ -280,14 +319,14 @@ def add_adapter(
     task); its head copy is then built fresh at that size.
     """
     peft_model = _require_peft(peft_model)
-    spec = spec or LoraSpec()
+    spec = resolve_spec(spec, getattr(peft_model.get_base_model(), "encoder", None))
     peft_model.add_adapter(name, spec.to_peft_config(modules_to_save))
     peft_model.set_adapter(name)
     base = peft_model.get_base_model()
     if num_classes is not None and num_classes != base.config.num_classes:
         if "head" not in modules_to_save:
             raise ConfigError("num_classes differs from the base head but 'head' is not in modules_to_save.")
-        _fit_head(peft_model, name, {**head_spec(base.config), "num_classes": int(num_classes)})
+        _fit_head(peft_model, name, {**base.head_spec(), "num_classes": int(num_classes)})
         peft_model.set_adapter(name)  # marks the new head copy trainable
     _registry(peft_model).meta[name] = _new_meta(peft_model, spec, modules_to_save, num_classes=num_classes)
 
@@ -295,7 +334,7 @@ def add_adapter(
 def _new_meta(peft_model: Any, spec: LoraSpec, modules_to_save: Sequence[str],
               num_classes: int | None = None) -> dict[str, Any]:
     base = peft_model.get_base_model()
-    hs = head_spec(base.config)
+    hs = base.head_spec()
     if num_classes is not None:
         hs["num_classes"] = int(num_classes)
     names = dict(base.config.id2label) if hs["num_classes"] == base.config.num_classes else {
@@ -383,7 +422,7 @@ def read_adapter_meta(directory: str | Path) -> dict[str, Any]:
 
 
 def load_adapters(
-    base_model: RadFMForDenseSegmentation | Any,
+    base_model: HeadedTaskModel | Any,
     adapters: Mapping[str, str | Path],
     *,
     check_base: bool = True,
@@ -472,8 +511,8 @@ def use_adapter(peft_model: Any, name: str, *, trainable: bool = False) -> Any:
     return peft_model
 
 
-def merge(peft_model: Any, name: str) -> RadFMForDenseSegmentation:
-    """A plain ``RadFMForDenseSegmentation`` with adapter ``name`` folded into the weights (export).
+def merge(peft_model: Any, name: str) -> HeadedTaskModel:
+    """A plain task model (e.g. ``RadFMForDenseSegmentation``) with adapter ``name`` folded in (export).
 
     LoRA updates are added to their layers (``W + (alpha/r) B A``) and the adapter's head becomes
     ``head``; the config gets the adapter's classes. Works on a deep copy: ``peft_model`` and its
@@ -495,7 +534,7 @@ def merge(peft_model: Any, name: str) -> RadFMForDenseSegmentation:
     k = int(classifier.out_channels)
     names = meta.get("label_names") or {0: "background", **{i: f"class_{i}" for i in range(1, k)}}
     merged.config.num_classes = k
-    for f in HEAD_FIELDS:
+    for f in merged.head_fields:
         if f != "num_classes" and f in meta.get("head", {}):
             setattr(merged.config, f, int(meta["head"][f]))
     merged.config.id2label = {int(i): str(v) for i, v in names.items()}
@@ -571,8 +610,8 @@ def attach_encoder_lora(
     """
     from peft import get_peft_model
 
-    _encoder_of(model)
-    spec = spec or LoraSpec()
+    encoder = _encoder_of(model)
+    spec = resolve_spec(spec, encoder)
     peft_model = get_peft_model(model, spec.to_peft_config(modules_to_save=()), adapter_name=adapter_name)
     for name in trainable_modules:
         for p in getattr(model, name).parameters():
@@ -661,7 +700,7 @@ def inject_encoder_lora(model: nn.Module, spec: LoraSpec | None = None, *, adapt
     from peft import inject_adapter_in_model
 
     encoder = _encoder_of(model)
-    spec = spec or LoraSpec()
+    spec = resolve_spec(spec, encoder)
     inject_adapter_in_model(spec.to_peft_config(modules_to_save=()), encoder, adapter_name=adapter_name)
     for n, p in encoder.named_parameters():
         p.requires_grad_("lora_" in n)
