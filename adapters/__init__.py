@@ -1,14 +1,13 @@
-"""Parameter-efficient adaptation of the shared encoder (LoRA via peft) and few-shot fitting.
+"""Parameter-efficient adaptation of the shared encoder (LoRA via peft), for every task.
 
-- ``radfm.adapters.lora``: attach / add / save / load / switch / merge LoRA adapters on a
-  ``RadFMForDenseSegmentation`` (the head in ``modules_to_save``), and count trainable weights;
-  encoder-only adapters for any task model that ships its own head (``attach_encoder_lora``,
-  ``save_encoder_adapter``, ``load_encoder_adapter``: prompt segmentation, registration, report).
-- ``radfm.adapters.fewshot``: ``adapt(...)`` from K labelled cases (strategies linear / lora / full /
-  auto), ``load_adapted`` and ``predict_volume``.
-- ``radfm.adapters.cli``: ``radfm adapt TASK --data DIR --shots K``.
+- ``radfm.adapters.lora``: attach / add / save / load / switch / merge LoRA adapters on a task
+  model with a per-adapter head (a ``HeadedTaskModel`` such as the dense segmentation model, the
+  head in ``modules_to_save``), and count trainable weights; encoder-only adapters for any task
+  model that ships its own head (``attach_encoder_lora``, ``save_encoder_adapter``,
+  ``load_encoder_adapter``: prompt segmentation, registration, report).
 
-Names are imported lazily: peft and MONAI load only when an adapter function is used.
+Few-shot dense segmentation (``adapt``, ``radfm adapt``) is a task: ``radfm.tasks.dense_segmentation``.
+Names are imported lazily: peft loads only when an adapter function is used.
 """
 
 from __future__ import annotations
@@ -29,14 +28,7 @@ _EXPORTS = {
     "save_encoder_adapter": "radfm.adapters.lora",
     "load_encoder_adapter": "radfm.adapters.lora",
     "read_adapter_meta": "radfm.adapters.lora",
-    "AdaptResult": "radfm.adapters.fewshot",
-    "AugmentConfig": "radfm.adapters.fewshot",
-    "TrainConfig": "radfm.adapters.fewshot",
-    "adapt": "radfm.adapters.fewshot",
-    "choose_strategy": "radfm.adapters.fewshot",
-    "fit": "radfm.adapters.fewshot",
-    "load_adapted": "radfm.adapters.fewshot",
-    "predict_volume": "radfm.adapters.fewshot",
+    "HeadedTaskModel": "radfm.adapters.lora",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,7 +1,7 @@
 """``radfm bench fewshot``: does the pretrained encoder + LoRA learn a segmentation task from K cases?
 
 Four methods, trained side by side in one run on the same K training cases, with the same steps,
-patches, augmentation, loss and schedule (``radfm.adapters.fewshot.fit``):
+patches, augmentation, loss and schedule (``radfm.tasks.dense_segmentation.train.fit``):
 
 1. pretrained encoder + LoRA (rank 4 on attention/MLP and the pyramid laterals) + dense head;
 2. random-init encoder (same architecture) + LoRA + head: what the pretraining is worth;
@@ -46,22 +46,17 @@ import numpy as np
 import torch
 
 import radfm  # noqa: F401  (torchvision shim before transformers/peft)
-from radfm.adapters.fewshot import (
-    PreparedCase,
-    TrainConfig,
-    build_model,
-    choose_strategy,
-    fit,
-    load_encoder,
-    predict_volume,
-    prepare_case,
-)
 from radfm.adapters.lora import LoraSpec, trainable_parameters
 from radfm.data.shared import shared_data_root
 from radfm.eval.benchreport import add_output_args, default_md_path, format_value, machine_info, write_section
 from radfm.io.volume import Volume
 from radfm.metrics import dice
 from radfm.preprocess.plan import PLAN_FILENAME, PreprocessPlan
+from radfm.tasks.dense_segmentation.checkpoint import load_encoder
+from radfm.tasks.dense_segmentation.data import PreparedCase, prepare_case
+from radfm.tasks.dense_segmentation.inference import predict_volume
+from radfm.tasks.dense_segmentation.strategy import build_model, choose_strategy
+from radfm.tasks.dense_segmentation.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +254,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _encoders(arg: str | None) -> tuple[Any, Any, Path | None, str]:
     """(pretrained-or-random encoder, random encoder, pretrained dir or None, description)."""
-    from radfm.adapters.fewshot import default_encoder_dir
     from radfm.models import RadFMEncoder, RadFMEncoderConfig
+    from radfm.tasks.dense_segmentation.checkpoint import default_encoder_dir
 
     enc_dir: Path | None = None
     if arg is not None:

@@ -22,8 +22,8 @@ from radfm.adapters.lora import (
 )
 from radfm.errors import ConfigError, InputError
 from radfm.models import RadFMEncoder, RadFMEncoderConfig
-from radfm.models.heads import RadFMDenseSegmentationConfig, RadFMForDenseSegmentation
 from radfm.preprocess.plan import PreprocessPlan
+from radfm.tasks.dense_segmentation.model import RadFMDenseSegmentationConfig, RadFMForDenseSegmentation
 
 X = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(1))
 

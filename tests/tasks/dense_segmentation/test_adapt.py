@@ -13,17 +13,14 @@ import pytest
 import torch
 
 import radfm  # noqa: F401  (torchvision shim before peft)
-from radfm.adapters.fewshot import (
-    AugmentConfig,
-    adapt,
-    choose_strategy,
-    default_encoder_dir,
-    load_adapted,
-    predict_volume,
-)
 from radfm.data.phantom import make_phantom
 from radfm.errors import ConfigError, InputError
 from radfm.models import RadFMEncoder, RadFMEncoderConfig
+from radfm.tasks.dense_segmentation.api import adapt
+from radfm.tasks.dense_segmentation.checkpoint import default_encoder_dir, load_adapted
+from radfm.tasks.dense_segmentation.inference import predict_volume
+from radfm.tasks.dense_segmentation.strategy import choose_strategy
+from radfm.tasks.dense_segmentation.train import AugmentConfig
 
 SHAPE, SPACING = (48, 48, 48), (4.0, 4.0, 4.0)  # a whole torso at 4 mm: small enough for CPU tests
 LABELS = {1: "body", 2: "lungs", 3: "lungs", 5: "liver"}  # left + right lung merge into one class
@@ -115,6 +112,53 @@ def test_linear_and_full_strategies_write_loadable_dirs(encoder_dir, phantoms, t
     assert not [p for p in tmp_path.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
 
 
+def test_adapt_on_a_cnn_encoder(phantoms, tmp_path) -> None:
+    """The shared encoder may be a CNN: LoRA goes on its residual convs, the adapter loads and predicts."""
+    torch.manual_seed(0)
+    enc_dir = tmp_path / "cnn-encoder"
+    RadFMEncoder(RadFMEncoderConfig.from_preset("cnn-tiny")).save_pretrained(enc_dir)
+    kwargs = dict(data=phantoms[:3], shots=2, strategy="lora", encoder=enc_dir, steps=3, label_names={5: "liver"},
+                  progress=False, eval_cases=1)
+    with pytest.raises(ConfigError, match="one voxel"):  # the deepest stage (stride 16) would be 1×1×1
+        adapt(out_dir=tmp_path / "small", patch_size=(16, 16, 16), **kwargs)
+    result = adapt(out_dir=tmp_path / "a", patch_size=(32, 32, 32), **kwargs)
+    assert result.metrics["loss_last"] == result.metrics["loss_last"]  # finite, not NaN
+    assert set(result.metrics["heldout_dice"]) <= {"liver"}
+    model, plan, names = load_adapted(tmp_path / "a")
+    assert names == {0: "background", 1: "liver"} and plan.pad_multiple == (16, 16, 16)
+    lora = [n for n, _ in model.named_parameters() if "lora_A" in n]
+    assert lora and all(".trunk.stages." in n for n in lora)
+    pred = predict_volume(model, plan, phantoms[4].image)
+    assert pred.shape == SHAPE and set(np.unique(pred)) <= {0, 1}
+
+
+def test_segment_volume_is_registered_for_radfm_segment(encoder_dir, phantoms, tmp_path) -> None:
+    """`radfm segment --adapter DIR` (another task) finds this task's segmenter by name, not by import."""
+    from radfm.registry import load
+    from radfm.tasks.dense_segmentation.inference import segment_volume
+
+    assert load("radfm.segmenters", "dense_segmentation") is segment_volume
+    adapt(data=phantoms[:2], shots=1, strategy="linear", encoder=encoder_dir, out_dir=tmp_path / "a", steps=1,
+          patch_size=(16, 16, 16), label_names={2: "lungs", 5: "liver"}, progress=False, eval_cases=0)
+    whole, label = segment_volume(phantoms[3].image, tmp_path / "a")
+    liver, name = segment_volume(phantoms[3].image, tmp_path / "a", "LIVER", "fp32")
+    assert label == "lungs, liver" and name == "liver"
+    assert whole.shape == liver.shape == SHAPE and whole.dtype == np.uint8
+    assert not (liver.astype(bool) & ~whole.astype(bool)).any()  # one class is inside all foreground
+    with pytest.raises(InputError, match="Known names: lungs, liver"):
+        segment_volume(phantoms[3].image, tmp_path / "a", "spleen")
+
+    # End to end through the other task: `radfm segment scan --adapter DIR --structure liver`.
+    from radfm.io import load_volume, save_volume
+    from radfm.tasks.segmentation.predictor import segment_file
+
+    save_volume(phantoms[3].image, tmp_path / "scan.nii.gz")
+    summary = segment_file(tmp_path / "scan.nii.gz", out=tmp_path / "liver.nii.gz", adapter=tmp_path / "a",
+                           structure="liver")
+    assert summary["empty"] == (not liver.any())
+    assert np.array_equal(load_volume(tmp_path / "liver.nii.gz").array.astype(np.uint8), liver)
+
+
 def test_auto_strategy_by_number_of_cases() -> None:
     strategy, spec, aug = choose_strategy(1)
     assert strategy == "lora" and spec.r == 4 and aug == AugmentConfig.strong()
@@ -142,7 +186,7 @@ def test_errors_name_the_problem(encoder_dir, phantoms, tmp_path, monkeypatch) -
 
 
 def test_cli_parses_and_names_bad_directories(encoder_dir, tmp_path) -> None:
-    from radfm.adapters.cli import _labels, register
+    from radfm.tasks.dense_segmentation.cli import _labels, register
 
     parser = argparse.ArgumentParser(prog="radfm")
     register(parser.add_subparsers(dest="command"))
@@ -166,8 +210,8 @@ def test_cli_adapts_a_manifest_folder(encoder_dir, tmp_path, capsys) -> None:
     """End to end through files: NIfTI cases listed in a manifest, `radfm adapt segmentation`."""
     import json
 
-    from radfm.adapters.cli import register
     from radfm.io import save_volume
+    from radfm.tasks.dense_segmentation.cli import register
 
     data = tmp_path / "data"
     data.mkdir()

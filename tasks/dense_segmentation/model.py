@@ -1,27 +1,38 @@
 """Dense segmentation over the shared encoder: a light FPN decoder and the encoder + head model.
 
 Read top to bottom: the conv block, the head (:class:`DenseSegmentationHead`), its config
-(:class:`RadFMDenseSegmentationConfig`) and the model (:class:`RadFMForDenseSegmentation`).
+(:class:`RadFMDenseSegmentationConfig`), the model (:class:`RadFMForDenseSegmentation`) and
+:func:`forward_logits`, the one call the training loop and the sliding window share.
 
-Why this decoder: the encoder already hands over a four-level pyramid (strides patch/4, patch/2,
-patch, 2·patch, see ``RadFMEncoderConfig.pyramid_strides``), so the head only has to mix the levels
-(1×1 laterals, coarse-to-fine top-down sums as in FPN), sharpen at the finest level (two 3×3×3
-convs) and get back to voxel resolution. The last step uses a tiny full-resolution image branch
-(UNETR's skip from the raw input, cut down to ``skip_channels`` maps): with a patch of 16 the finest
-map has a stride of 4 voxels, and organ borders drawn by trilinear upsampling alone are blurred
-by about two voxels. Every 3×3×3 conv runs on few channels (``channels`` at the finest pyramid
-level, ``fuse_channels`` at full resolution), so the head costs less than the encoder on CPU.
+Why this decoder: the encoder already hands over a multi-scale pyramid, so the head only has to
+mix the levels (1×1 laterals, coarse-to-fine top-down sums as in FPN), sharpen at the finest level
+(two 3×3×3 convs) and get back to voxel resolution. Which levels (:func:`encoder_levels`):
+
+- ViT: the four-level ``feature_pyramid`` (strides patch/4, patch/2, patch, 2·patch, see
+  ``RadFMEncoderConfig.pyramid_strides``). With a patch of 16 the finest map has a stride of 4
+  voxels, and organ borders drawn by trilinear upsampling alone are blurred by about two voxels,
+  so a tiny full-resolution image branch (UNETR's skip from the raw input, cut down to
+  ``skip_channels`` maps) restores them.
+- CNN (``architecture="cnn"``): every stage in ``feature_maps`` (strides 1, 2, 4, 8, 16), not only
+  the four finest of ``feature_pyramid``: the deepest stage carries the most context, and LoRA on
+  its convs would otherwise train nothing.
+
+Every 3×3×3 conv runs on few channels (``channels`` at the finest level, ``fuse_channels`` at
+full resolution), so the head costs less than the encoder on CPU.
 
 The head is one submodule named ``head`` so that peft's ``modules_to_save=["head"]`` keeps a
 per-adapter copy of it; its layer names (``lateral``, ``refine``, ``reduce``, ``skip``, ``fuse``,
 ``classifier``) never collide with the encoder's LoRA target names (``qkv``, ``proj``, ``fc1``,
-``fc2``).
+``fc2``, ``stages.S.B.convK``). The model offers what ``radfm.adapters.lora`` needs to give each
+adapter a head of its own size (``head_fields``, :meth:`~RadFMForDenseSegmentation.head_spec`,
+:meth:`~RadFMForDenseSegmentation.build_head`), so the adapters package never imports a task.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -44,6 +55,10 @@ __all__ = [
     "DenseSegmentationOutput",
     "RadFMDenseSegmentationConfig",
     "RadFMForDenseSegmentation",
+    "autocast",
+    "base_model",
+    "encoder_levels",
+    "forward_logits",
     "head_spec",
 ]
 
@@ -71,8 +86,18 @@ def _groups(channels: int) -> int:
     return next(g for g in (8, 4, 2, 1) if channels % g == 0)
 
 
+def encoder_levels(config: RadFMEncoderConfig) -> list[int]:
+    """Channels of the encoder maps the head reads, finest first (see the module docstring).
+
+    ViT: ``pyramid_channels`` (four levels); CNN: ``cnn_channels`` (every stage, strides 1 … 2**(S-1)).
+    """
+    if getattr(config, "architecture", "vit") == "cnn":
+        return [int(c) for c in config.cnn_channels]
+    return [int(c) for c in config.pyramid_channels]
+
+
 class DenseSegmentationHead(nn.Module):
-    """FPN-lite decoder: four pyramid maps (+ the input image) → per-voxel class logits.
+    """FPN-lite decoder: encoder maps, finest first (+ the input image) → per-voxel class logits.
 
     Steps (``C`` = ``channels``, ``F`` = ``fuse_channels``, ``S`` = ``skip_channels``):
 
@@ -85,7 +110,7 @@ class DenseSegmentationHead(nn.Module):
     6. ``classifier``: 1×1 conv to ``num_classes`` logits.
 
     Args:
-        in_channels: channels of the four pyramid maps, finest first (``config.pyramid_channels``).
+        in_channels: channels of the encoder maps, finest first (:func:`encoder_levels`).
         image_channels: channels of the model input (for the skip branch).
         num_classes: output classes, background included (softmax over them).
         channels: ``C``; fuse_channels: ``F``; skip_channels: ``S`` (0 disables the image branch).
@@ -115,7 +140,7 @@ class DenseSegmentationHead(nn.Module):
         self.classifier = nn.Conv3d(fuse_channels, num_classes, kernel_size=1)
 
     def forward(self, pyramid: Sequence[torch.Tensor], pixel_values: torch.Tensor) -> torch.Tensor:
-        """``pyramid``: four ``(B, c_i, …)`` maps, finest first; ``pixel_values``: ``(B, C, D, H, W)``.
+        """``pyramid``: ``(B, c_i, …)`` maps, finest first; ``pixel_values``: ``(B, C, D, H, W)``.
 
         Returns ``(B, num_classes, D, H, W)`` logits on the grid of ``pixel_values``.
         """
@@ -188,6 +213,7 @@ class RadFMForDenseSegmentation(PreTrainedModel):
     Build it around a (pretrained) encoder with :meth:`from_encoder`; ``save_pretrained`` /
     ``from_pretrained`` store both parts (config + safetensors). For LoRA the encoder is the
     part peft adapts and ``head`` the module it saves whole (see ``radfm.adapters.lora``).
+    Works on a ViT or a CNN encoder (:func:`encoder_levels`).
     """
 
     config_class = RadFMDenseSegmentationConfig
@@ -201,15 +227,31 @@ class RadFMForDenseSegmentation(PreTrainedModel):
         super().__init__(config)
         enc = config.encoder_config
         self.encoder = RadFMEncoder(enc)
-        self.head = DenseSegmentationHead(
-            in_channels=enc.pyramid_channels,
-            image_channels=enc.in_channels,
-            num_classes=config.num_classes,
-            channels=config.head_channels,
-            fuse_channels=config.fuse_channels,
-            skip_channels=config.skip_channels,
-        )
+        self.head = self.build_head(head_spec(config))
         self.post_init()
+
+    #: The config fields that size the head (recorded with adapters; see ``radfm.adapters.lora``).
+    head_fields: ClassVar[tuple[str, ...]] = HEAD_FIELDS
+
+    def head_spec(self) -> dict[str, int]:
+        """This model's head sizes (``head_fields``) as a plain dict."""
+        return head_spec(self.config)
+
+    def build_head(self, spec: Mapping[str, int]) -> DenseSegmentationHead:
+        """A fresh head with the sizes in ``spec`` (``head_fields``) for this model's encoder.
+
+        Why a method: peft copies the base head for every adapter; an adapter for another task
+        (other classes) needs a head of its own size, built here, where the encoder's levels are known.
+        """
+        enc = self.config.encoder_config
+        return DenseSegmentationHead(
+            in_channels=encoder_levels(enc),
+            image_channels=enc.in_channels,
+            num_classes=int(spec["num_classes"]),
+            channels=int(spec["head_channels"]),
+            fuse_channels=int(spec["fuse_channels"]),
+            skip_channels=int(spec["skip_channels"]),
+        )
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -269,9 +311,37 @@ class RadFMForDenseSegmentation(PreTrainedModel):
         x = pixel_values
         if any(pad):  # replicate, not zeros: zero is not "background" under every normalisation
             x = F.pad(pixel_values, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
-        pyramid = self.encoder(x, modality_ids=modality_ids).feature_pyramid
-        logits = self.head(pyramid, x)
+        out = self.encoder(x, modality_ids=modality_ids)
+        levels = out.feature_maps if getattr(self.config.encoder_config, "architecture", "vit") == "cnn" \
+            else out.feature_pyramid
+        logits = self.head(levels, x)
         return DenseSegmentationOutput(logits=logits[:, :, :d, :h, :w])
+
+
+def base_model(model: nn.Module) -> RadFMForDenseSegmentation | None:
+    """The :class:`RadFMForDenseSegmentation` inside ``model`` (itself or a PeftModel's base), else ``None``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base if isinstance(base, RadFMForDenseSegmentation) else None
+
+
+def forward_logits(model: nn.Module, x: torch.Tensor, modality_id: int | None) -> torch.Tensor:
+    """Logits ``(B, K, D, H, W)`` of a radfm model (with modality ids) or of any plain segmenter.
+
+    Why one function: training (``fit``) and inference (the sliding window) must call the model
+    the same way, and outside baselines (a MONAI UNet in ``radfm bench fewshot``) take no modality.
+    """
+    if base_model(model) is not None:
+        mids = None if modality_id is None else torch.full((x.shape[0],), modality_id, dtype=torch.long,
+                                                           device=x.device)
+        return model(x, modality_ids=mids).logits
+    out = model(x)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast on ``device``'s type when ``enabled`` (CPU too), else a no-op."""
+    dev = torch.device(device).type
+    return torch.autocast(dev, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 # So that AutoConfig / AutoModel find the model by its model_type (as the encoder is in radfm.models).

@@ -1,7 +1,7 @@
-"""``radfm adapt TASK --data DIR --shots K``: the command-line face of :func:`radfm.adapters.fewshot.adapt`.
+"""``radfm adapt TASK --data DIR --shots K``: the command-line face of :func:`radfm.tasks.dense_segmentation.adapt`.
 
 Registered through the ``radfm.commands`` entry point (``register``), so the core CLI never imports
-the adapters package itself.
+the task package itself.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _labels(text: str | None) -> dict[int, str] | None:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     """Run :func:`adapt` and print where the adapter went and how it did."""
-    from radfm.adapters.fewshot import adapt
+    from radfm.tasks.dense_segmentation.api import adapt
 
     data = Path(args.data)
     if not data.exists():

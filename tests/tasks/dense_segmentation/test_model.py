@@ -7,7 +7,7 @@ import torch
 
 from radfm.errors import ConfigError
 from radfm.models import RadFMEncoder, RadFMEncoderConfig
-from radfm.models.heads import (
+from radfm.tasks.dense_segmentation.model import (
     DenseSegmentationHead,
     RadFMDenseSegmentationConfig,
     RadFMForDenseSegmentation,
@@ -96,3 +96,39 @@ def test_config_defaults_and_errors() -> None:
     assert RadFMDenseSegmentationConfig().encoder_config.hidden_size == 384  # the "small" preset
     with pytest.raises(ConfigError):
         RadFMDenseSegmentationConfig(num_classes=0)
+
+
+def cnn_encoder() -> RadFMEncoder:
+    torch.manual_seed(0)
+    return RadFMEncoder(RadFMEncoderConfig.from_preset("cnn-tiny")).eval()
+
+
+def test_cnn_encoder_head_reads_every_stage_and_round_trips(tmp_path) -> None:
+    """On a CNN trunk the head reads all five stages (strides 1…16), not only the four-level pyramid."""
+    enc = cnn_encoder()
+    levels = enc(torch.randn(1, 1, 32, 32, 32))  # the deepest stage (stride 16) must be > 1 voxel
+    assert len(levels.feature_pyramid) == 4 and len(levels.feature_maps) == 5
+    model = RadFMForDenseSegmentation.from_encoder(enc, 3).eval()
+    assert [m.in_channels for m in model.head.lateral] == list(enc.config.cnn_channels)
+    for shape in [(32, 32, 32), (13, 18, 22)]:  # padded to the trunk's total stride (16) internally
+        assert model(torch.randn(1, 1, *shape)).logits.shape == (1, 3, *shape)
+    x = torch.randn(1, 1, 32, 32, 32)
+    y = model(x, modality_ids=torch.tensor([0])).logits
+    model.save_pretrained(tmp_path)
+    loaded = RadFMForDenseSegmentation.from_pretrained(tmp_path).eval()
+    assert loaded.config.encoder_config.architecture == "cnn"
+    assert torch.equal(loaded(x, modality_ids=torch.tensor([0])).logits, y)
+
+
+def test_cnn_deepest_stage_gets_gradients_and_lora_adapters_swap_heads() -> None:
+    """The deepest stage trains (it feeds the head), and an adapter for other classes gets its own head."""
+    from radfm.adapters.lora import LoraSpec, add_adapter, attach_lora
+
+    model = RadFMForDenseSegmentation.from_encoder(cnn_encoder(), 2).train()
+    model(torch.randn(1, 1, 32, 32, 32)).logits.square().mean().backward()
+    deepest = model.encoder.trunk.stages[-1][0].conv1.weight
+    assert deepest.grad is not None and deepest.grad.abs().sum() > 0
+    pm = attach_lora(RadFMForDenseSegmentation.from_encoder(cnn_encoder(), 2), "liver", LoraSpec(r=2))
+    assert any("stages.4" in n and "lora_A" in n for n, _ in pm.named_parameters())  # resolve_spec's CNN targets
+    add_adapter(pm, "kidneys", LoraSpec(r=2), num_classes=4)
+    assert pm(torch.randn(1, 1, 32, 32, 32)).logits.shape[1] == 4
