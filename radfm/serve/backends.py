@@ -129,9 +129,8 @@ class TransformersBackend:
 
         import radfm  # noqa: F401  (torchvision shim before transformers/peft)
 
-        self.model_dir = Path(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).eval()
-        self._adapters: tuple[str, ...] = tuple(adapters or {})
+        model_dir = Path(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
         if adapters:
             from peft import PeftModel
 
@@ -140,6 +139,29 @@ class TransformersBackend:
             for name, path in items[1:]:
                 model.load_adapter(str(path), adapter_name=name)
             model.eval()
+        self._setup(model, tuple(adapters or {}), model_dir, max_batch_size, batch_window_s)
+
+    @classmethod
+    def from_model(cls, model: Any, *, eos_token_id: int | None = None, pad_token_id: int | None = None,
+                   max_batch_size: int = 16, batch_window_s: float = 0.01) -> TransformersBackend:
+        """A backend over a causal LM already in memory (no adapters of its own).
+
+        Why: a process that holds a report model already holds its LLM; drafting in that process
+        (``radfm report``) should not load a second copy from disk. ``eos_token_id`` /
+        ``pad_token_id`` override the model's generation config (the tokenizer's ids).
+        """
+        self = cls.__new__(cls)
+        self._setup(model.eval(), (), None, max_batch_size, batch_window_s)
+        if eos_token_id is not None:
+            self.eos_ids = {int(eos_token_id)}
+        if pad_token_id is not None:
+            self.pad_id = int(pad_token_id)
+        return self
+
+    def _setup(self, model: Any, adapters: tuple[str, ...], model_dir: Path | None, max_batch_size: int,
+               batch_window_s: float) -> None:
+        self.model_dir = model_dir
+        self._adapters: tuple[str, ...] = adapters
         self.model = model
         cfg = model.config
         self.hidden_size: int = int(cfg.hidden_size)

@@ -1,6 +1,6 @@
 """``radfm report`` (draft a report) and ``radfm train report`` (train a report model).
 
-Thin wrappers over :func:`radfm.tasks.report.drafting.draft_report`,
+Thin wrappers over :class:`radfm.tasks.report.drafting.ReportDrafter` (in-process transformers),
 :func:`radfm.tasks.report.text_drafter.train_text_drafter` and
 :func:`radfm.tasks.report.phantom_recipe.train_phantom_report_model`.
 
@@ -83,23 +83,24 @@ def _threads(n: int | None) -> None:
 
 
 def _parse_findings(args: argparse.Namespace) -> list[Any] | None:
-    from radfm.tasks.report.prompting import parse_label_string
+    """``--findings-json FILE`` (a JSON list) or ``--findings TEXT``, read by the one findings parser."""
+    from radfm.tasks.report.prompting import parse_findings
 
     if args.findings_json:
-        data = json.loads(Path(args.findings_json).read_text())
+        try:
+            data = json.loads(Path(args.findings_json).read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{args.findings_json} is not valid JSON: {exc.msg}.") from exc
         if not isinstance(data, list):
             raise InputError(f"{args.findings_json} must hold a JSON list of findings.")
-        return data
-    if args.findings is not None:
-        return parse_label_string(args.findings)
-    return None
+        return parse_findings(data)
+    return parse_findings(args.findings)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Draft a report from an image and/or findings; print it (or JSON)."""
     from radfm.check import require_valid
-    from radfm.tasks.report.drafting import draft_report
-    from radfm.tasks.report.model import load_report_model
+    from radfm.tasks.report.drafting import ReportDrafter
 
     _threads(args.threads)
     findings = _parse_findings(args)
@@ -111,10 +112,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         require_valid(volume, modality=args.modality)
     if volume is None and findings is None:
         raise InputError("nothing to draft from.", "Give an IMAGE, --findings \"A; B\", or both.")
-    rm = load_report_model(args.model)
-    if volume is None and rm.kind == "vlm" and args.model is None:
+    drafter = ReportDrafter(args.model)  # in-process transformers on the model's own LLM
+    if volume is None and drafter.model.kind == "vlm" and args.model is None:
         log.info("drafting from findings with the starter image→report model (phantom vocabulary)")
-    draft = draft_report(volume, findings, rm, max_new_tokens=args.max_new_tokens)
+    try:
+        draft = drafter.draft(volume, findings, max_new_tokens=args.max_new_tokens)
+    finally:
+        drafter.close()
     d = draft.to_dict()
     if args.dicom_sr:
         from radfm.tasks.report.dicom_sr import write_report_sr

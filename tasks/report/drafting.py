@@ -8,11 +8,18 @@ image is given, sentences are linked to the finding they *mention* (name, organ,
 from the text), without voxels. Negated statements ("No pleural effusion.") are never linked.
 
 Every draft says it is a draft: ``is_draft=True`` and :data:`DISCLAIMER`.
+
+One way to generate (:class:`ReportDrafter`): the report model turns the volume and findings into
+prompt embeddings in this process, and an LLM backend (``radfm.serve.backends``) turns them into
+token ids: in-process transformers on the model's own LLM (``radfm report``, the default), or a
+vLLM server (``radfm serve --engine vllm``, the ``/v1/report`` route). Both give the same greedy
+tokens for the same embeddings.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +34,15 @@ from radfm.io.volume import Volume
 from radfm.metrics import CHEST_LABELS, LabelSpec, extract_mentions
 from radfm.models.encoder_config import MODALITY_IDS
 from radfm.preprocess.plan import apply_plan
+from radfm.serve.backends import LLMBackend, TransformersBackend
 from radfm.tasks.report.model import ReportModel, load_report_model
-from radfm.tasks.report.prompting import build_prompt, encode_example, parse_report
+from radfm.tasks.report.prompting import build_prompt, encode_example, parse_findings, parse_report
 
 __all__ = [
     "DISCLAIMER",
     "DraftReport",
     "DraftSentence",
+    "ReportDrafter",
     "draft_report",
     "finish_draft",
     "link_sentences",
@@ -226,12 +235,6 @@ def link_sentences(findings_text: str, impression_text: str,
 
 
 # --- drafting ------------------------------------------------------------------------------------
-def _as_findings(findings: Sequence[Finding | str | dict] | None) -> list[Finding | str] | None:
-    if findings is None:
-        return None
-    return [Finding.from_dict(f) if isinstance(f, dict) else f for f in findings]
-
-
 def prepare_inputs(rm: ReportModel, volume: Volume | None, findings: Sequence[Finding | str] | None
                    ) -> dict[str, Any]:
     """Prompt ids ``(1, L)`` and, for a volume, ``pixel_values (1, C, D, H, W)`` + ``modality_ids (1,)``."""
@@ -264,7 +267,78 @@ def finish_draft(rm: ReportModel, generated_ids: Sequence[int] | torch.Tensor,
     return DraftReport(f_text, i_text, link_sentences(f_text, i_text, findings), source=source)
 
 
-@torch.no_grad()
+class ReportDrafter:
+    """Drafts reports with one report model and one LLM backend, the same way for every caller.
+
+    The volume side (input plan, encoder + bridge, prompt embeddings) runs here; generation is
+    ``backend.generate(prompt_embeds)``. Why one class: the CLI (in process) and the HTTP route
+    (vLLM or transformers behind ``radfm serve``) must build the same prompt, decode the same way
+    and link the same sentences; only the engine differs.
+
+    Args:
+        model: a loaded :class:`ReportModel`, a model folder, or ``None`` for the shipped starter model.
+        backend: an ``LLMBackend`` serving this model's LLM (``ReportModel.llm_dir``), e.g. a
+            ``VLLMBackend`` or a ``TransformersBackend`` of that folder; requests then name the
+            model's LLM adapter (``radfm_report.json`` "adapter", if any). ``None``: in-process
+            transformers on the model's own LLM (``TransformersBackend.from_model``: no second copy).
+    """
+
+    def __init__(self, model: ReportModel | str | Path | None = None, backend: LLMBackend | None = None) -> None:
+        self.model = model if isinstance(model, ReportModel) else load_report_model(model)
+        self._owns_backend = backend is None
+        if backend is None:
+            tok = self.model.tokenizer
+            backend = TransformersBackend.from_model(self.model.language_model, eos_token_id=tok.eos_token_id,
+                                                     pad_token_id=tok.pad_token_id)
+            self.adapter: str | None = None  # the in-memory LLM already carries its weights
+        else:
+            self.adapter = self.model.meta.get("adapter")
+        self.backend = backend
+
+    @torch.no_grad()
+    def prompt_embeds(self, volume: Volume | None, findings: Sequence[Finding | str] | None) -> torch.Tensor:
+        """Float32 prompt embeddings ``(L, H_llm)`` of one request (visual tokens scattered in for a volume)."""
+        rm = self.model
+        inputs = prepare_inputs(rm, volume, findings)
+        if rm.kind == "vlm":
+            return rm.model.prompt_embeds(inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
+                                          modality_ids=inputs.get("modality_ids"))
+        return rm.model.get_input_embeddings()(inputs["input_ids"][0]).float()
+
+    def draft_timed(self, volume: Volume | None, findings: Sequence[Finding | str | dict] | str | None, *,
+                    max_new_tokens: int = 200) -> tuple[DraftReport, dict[str, float]]:
+        """:meth:`draft` and its timings in seconds: ``{"prepare", "generate", "total"}``."""
+        t0 = time.perf_counter()
+        given = parse_findings(findings)
+        embeds = self.prompt_embeds(volume, given)
+        t1 = time.perf_counter()
+        ids = self.backend.generate([embeds], max_new_tokens=max_new_tokens, adapter=self.adapter)[0]
+        t2 = time.perf_counter()
+        source = "+".join(s for s, v in (("image", volume), ("findings", given)) if v is not None)
+        draft = finish_draft(self.model, ids, given, source=source)
+        return draft, {"prepare": round(t1 - t0, 3), "generate": round(t2 - t1, 3),
+                       "total": round(time.perf_counter() - t0, 3)}
+
+    def draft(self, volume: Volume | None, findings: Sequence[Finding | str | dict] | str | None, *,
+              max_new_tokens: int = 200) -> DraftReport:
+        """Draft FINDINGS and IMPRESSION from a volume, from findings, or from both (greedy decoding).
+
+        Args:
+            volume: a canonical ``Volume`` (``radfm.io.load_volume``); check it first
+                (``radfm.check.require_valid``); ``None`` for text-only drafting.
+            findings: anything :func:`~radfm.tasks.report.prompting.parse_findings` reads: ``Finding``
+                objects or dicts, label strings such as ``"Opacity/lung/base/left"``, or their text;
+                ``None``: not known (read the image). ``[]``: none.
+            max_new_tokens: generation budget.
+        """
+        return self.draft_timed(volume, findings, max_new_tokens=max_new_tokens)[0]
+
+    def close(self) -> None:
+        """Stop the in-process backend's worker (a backend given to the constructor is the caller's)."""
+        if self._owns_backend:
+            self.backend.close()
+
+
 def draft_report(
     volume: Volume | None,
     findings: Sequence[Finding | str | dict] | None,
@@ -272,28 +346,13 @@ def draft_report(
     *,
     max_new_tokens: int = 200,
 ) -> DraftReport:
-    """Draft FINDINGS and IMPRESSION from a volume, from findings, or from both.
+    """One draft with in-process transformers: ``ReportDrafter(model).draft(volume, findings)``.
 
-    Args:
-        volume: a canonical ``Volume`` (``radfm.io.load_volume``); check it first
-            (``radfm.check.require_valid``); ``None`` for text-only drafting.
-        findings: structured findings (``Finding`` or its dict) or label strings such as
-            ``"Opacity/lung/base/left"``; ``None``: not known (read the image). ``[]``: none.
-        model: a loaded :class:`ReportModel`, a model folder, or ``None`` for the shipped
-            starter model (simulated training data).
-        max_new_tokens: generation budget (greedy decoding).
+    ``model``: a loaded :class:`ReportModel`, a model folder, or ``None`` for the shipped starter
+    model (simulated training data). See :meth:`ReportDrafter.draft` for the arguments.
     """
-    rm = model if isinstance(model, ReportModel) else load_report_model(model)
-    given = _as_findings(findings)
-    inputs = prepare_inputs(rm, volume, given)
-    if rm.kind == "vlm":
-        gen = rm.model.generate(inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
-                                modality_ids=inputs.get("modality_ids"), max_new_tokens=max_new_tokens,
-                                eos_token_id=rm.tokenizer.eos_token_id, pad_token_id=rm.tokenizer.pad_token_id)
-    else:
-        full = rm.model.generate(input_ids=inputs["input_ids"], attention_mask=torch.ones_like(inputs["input_ids"]),
-                                 max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=rm.tokenizer.eos_token_id, pad_token_id=rm.tokenizer.pad_token_id)
-        gen = full[:, inputs["input_ids"].shape[1]:]
-    source = "+".join(s for s, v in (("image", volume), ("findings", findings)) if v is not None)
-    return finish_draft(rm, gen[0], given, source=source)
+    drafter = ReportDrafter(model)
+    try:
+        return drafter.draft(volume, findings, max_new_tokens=max_new_tokens)
+    finally:
+        drafter.close()

@@ -20,6 +20,7 @@ image".
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import torch
 
 from radfm.data.findings import Finding
 from radfm.data.report_text import format_size
+from radfm.errors import InputError
 from radfm.tasks.report.tokenizer import PROMPT_TOKEN, REPORT_TOKEN, SECTION_TOKENS, VOLUME_TOKEN
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "format_finding",
     "format_target",
     "normalize_text",
+    "parse_findings",
     "parse_label_string",
     "parse_report",
 ]
@@ -60,6 +63,36 @@ def parse_label_string(labels: str | None, sep: str = ";") -> list[str]:
     Empty parts are dropped; order and duplicates are kept (they are what the user gave).
     """
     return [p for p in (normalize_text(x) for x in (labels or "").split(sep)) if p]
+
+
+def parse_findings(raw: str | Sequence[Finding | str | dict] | None) -> list[Finding | str] | None:
+    """The one reader of user-given findings (``radfm report``, ``POST /v1/report``, ``draft_report``).
+
+    ``raw``: ``None`` or blank text → ``None`` (not known: read the image); a JSON list as text
+    (``'[{"finding": "nodule", "organ": "lung"}, "Cardiomegaly"]'``) or an already parsed list of
+    strings, ``Finding`` objects and ``Finding`` dicts → a list (``[]``: no findings); other text →
+    :func:`parse_label_string` (``"Cardiomegaly; Opacity/lung/base/left"``). Raises InputError
+    naming what is wrong.
+    """
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        text = raw.strip()
+        if not text:
+            return None
+        if not text.startswith("["):
+            return parse_label_string(text)
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"the findings look like JSON but do not parse: {exc.msg}.") from exc
+    if not isinstance(raw, Sequence) or not all(isinstance(f, (str, dict, Finding)) for f in raw):
+        raise InputError("findings must be a list of strings or finding objects.")
+    try:
+        return [Finding.from_dict(f) if isinstance(f, dict) else f for f in raw]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"a finding object is invalid: {exc}.",
+                         "Each needs 'finding' and 'organ'; optional size_mm, location, label_id, bbox_ijk.") from exc
 
 
 def format_finding(finding: Finding | str) -> str:

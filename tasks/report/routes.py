@@ -38,10 +38,8 @@ image or the report is logged.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
 from typing import Any
 
 from fastapi import APIRouter, File, Form, UploadFile
@@ -55,29 +53,6 @@ __all__ = ["MARKER", "routes"]
 MARKER = "DRAFT — for review by a radiologist"
 MAX_NEW_TOKENS = 512
 _LOCK = threading.Lock()
-
-
-def _parse_findings(raw: str | None) -> list[Any] | None:
-    from radfm.tasks.report.prompting import parse_label_string
-
-    if raw is None or not raw.strip():
-        return None
-    text = raw.strip()
-    if text.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"'findings' looks like JSON but does not parse: {exc.msg}.") from exc
-        if not all(isinstance(f, (str, dict)) for f in data):
-            raise InputError("'findings' JSON must be a list of strings or finding objects.")
-        try:
-            from radfm.data.findings import Finding
-
-            return [Finding.from_dict(f) if isinstance(f, dict) else f for f in data]
-        except (KeyError, ValueError, TypeError) as exc:
-            raise InputError(f"a finding object is invalid: {exc}.",
-                             "Each needs 'finding' and 'organ'; optional size_mm, location, label_id, bbox_ijk.") from exc
-    return parse_label_string(text)
 
 
 def _model(state: Any) -> Any:
@@ -96,34 +71,20 @@ def _model(state: Any) -> Any:
 
 def draft_with_backend(state: Any, volume: Any, findings: list[Any] | None, *, max_new_tokens: int = 200
                        ) -> dict[str, Any]:
-    """The route's work without HTTP: prompt embeddings → ``state.backend`` → JSON-ready draft."""
-    import torch
-
-    from radfm.tasks.report.drafting import finish_draft, prepare_inputs
+    """The route's work without HTTP: a :class:`ReportDrafter` on ``state.backend`` → JSON-ready draft."""
+    from radfm.tasks.report.drafting import ReportDrafter
 
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise InputError(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS}, got {max_new_tokens}.")
-    t0 = time.perf_counter()
     rm = _model(state)
-    backend = state.require_backend()
-    inputs = prepare_inputs(rm, volume, findings)
-    with torch.no_grad():
-        if rm.kind == "vlm":
-            embeds = rm.model.prompt_embeds(inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
-                                            modality_ids=inputs.get("modality_ids"))
-        else:
-            embeds = rm.model.get_input_embeddings()(inputs["input_ids"][0]).float()
-    t1 = time.perf_counter()
-    adapter = rm.meta.get("adapter")
-    ids = backend.generate([embeds], max_new_tokens=max_new_tokens, adapter=adapter)[0]
-    t2 = time.perf_counter()
-    source = "+".join(s for s, v in (("image", volume), ("findings", findings)) if v is not None)
-    draft = finish_draft(rm, ids, findings, source=source).to_dict()
+    drafter = ReportDrafter(rm, state.require_backend())
+    report, timing = drafter.draft_timed(volume, findings, max_new_tokens=max_new_tokens)
+    draft = report.to_dict()
     draft["marker"] = MARKER
     draft["model"] = {"kind": rm.kind, "name": rm.path.name if rm.path else None,
-                      "backend": getattr(backend, "name", type(backend).__name__), "adapter": adapter}
-    draft["timing_s"] = {"prepare": round(t1 - t0, 3), "generate": round(t2 - t1, 3),
-                         "total": round(time.perf_counter() - t0, 3)}
+                      "backend": getattr(drafter.backend, "name", type(drafter.backend).__name__),
+                      "adapter": drafter.adapter}
+    draft["timing_s"] = timing
     return draft
 
 
@@ -158,8 +119,9 @@ def routes(state: Any) -> APIRouter:
         from radfm.check import check_volume
         from radfm.io import load_volume
         from radfm.serve.uploads import discard_upload, save_upload_to_tmp
+        from radfm.tasks.report.prompting import parse_findings
 
-        given = _parse_findings(findings)
+        given = parse_findings(findings)
         if modality is not None and modality not in ("CT", "MR"):
             raise InputError(f"modality must be 'CT' or 'MR', got {modality!r}.")
         volume, check, path = None, None, None
