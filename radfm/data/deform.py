@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from radfm.data.phantom import PhantomCase, _acquire, _generate, remeasure_findings, smooth_noise
+from radfm.data.phantom import PhantomCase, remeasure_findings, smooth_noise
+from radfm.data.phantom.generate import _generate
+from radfm.data.phantom.render import _acquire
 from radfm.data.report_text import HEAD_ORGANS, TORSO_ORGANS, render_report
 from radfm.errors import InputError
 from radfm.io.volume import Volume
