@@ -9,11 +9,11 @@ from __future__ import annotations
 from radfm._lazy import lazy_getattr
 
 _EXPORTS = {
-    "PretrainConfig": "radfm.training.pretrain",
-    "ModelConfig": "radfm.training.pretrain",
-    "DataConfig": "radfm.training.pretrain",
-    "OptimConfig": "radfm.training.pretrain",
-    "PretrainStream": "radfm.training.pretrain",
+    "PretrainConfig": "radfm.training.pretrain_recipe",
+    "ModelConfig": "radfm.training.pretrain_recipe",
+    "DataConfig": "radfm.training.pretrain_recipe",
+    "OptimConfig": "radfm.training.pretrain_recipe",
+    "PretrainStream": "radfm.training.pretrain_data",
     "run_pretraining": "radfm.training.pretrain",
     "load_pretrain_config": "radfm.training.cli",
     "AugmentConfig": "radfm.training.augment",

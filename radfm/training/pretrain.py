@@ -2,8 +2,9 @@
 
 One function, :func:`run_pretraining`, runs the same recipe on this CPU, on one GPU and on many
 (``accelerate launch --num_processes N [--num_machines M …] -m radfm.cli pretrain -c …``: DDP,
-one process per device, each with its own data stream). Read top to bottom: the recipe
-dataclasses, the data stream, the held-out evaluation, the loop.
+one process per device, each with its own data stream). The recipe dataclasses live in
+``radfm.training.pretrain_recipe``, the data stream and held-out evaluation in
+``radfm.training.pretrain_data``; this module is the loop (and re-exports both).
 
 Determinism: every random draw of optimizer step ``s`` on rank ``r`` comes from ``(seed, r, s)``
 (volumes, crops, augmentations, masks, drop-path), so a run is reproducible given its seed,
@@ -33,28 +34,17 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from radfm.config import to_dict
 from radfm.errors import ConfigError
-from radfm.models.encoder_config import MODALITY_IDS, RadFMEncoderConfig
-from radfm.models.mae import (
-    RadFMForMaskedVolumeModeling,
-    RadFMMAEConfig,
-    flat_patch_baseline,
-    mask_from_keep_indices,
-)
-from radfm.preprocess.plan import PreprocessPlan
-from radfm.training.augment import AugmentConfig, augment_crop, center_crop
 from radfm.training.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
@@ -62,7 +52,23 @@ from radfm.training.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from radfm.training.sources import TRAIN_SEED_MIN, PhantomSource, SourceSpec, build_source
+from radfm.training.pretrain_data import (
+    _MASK_STREAM,
+    _STEP_STREAM,
+    PretrainStream,
+    derive_seed,
+    evaluate,
+    heldout_batch,
+)
+from radfm.training.pretrain_recipe import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    PretrainConfig,
+    build_model,
+    export_encoder,
+    pretrain_plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,350 +84,6 @@ __all__ = [
     "run_pretraining",
 ]
 
-
-# ----------------------------------------------------------------------------- the recipe
-@dataclass
-class ModelConfig:
-    """Which encoder to pretrain and the MAE around it.
-
-    Attributes:
-        preset: encoder size (``RadFMEncoderConfig.from_preset``: tiny, small, base, large).
-        overrides: encoder config fields changed from the preset (``hidden_size: 192`` …).
-        decoder_hidden_size, decoder_layers, decoder_heads: the light MAE decoder.
-        mask_ratio: fraction of patches hidden per sample.
-        norm_pix_loss, norm_pix_eps: per-patch normalised targets (see ``radfm.models.mae``).
-        init_encoder: an encoder folder (``save_pretrained``) to continue pretraining from.
-    """
-
-    preset: str = "tiny"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    decoder_hidden_size: int = 64
-    decoder_layers: int = 2
-    decoder_heads: int = 4
-    mask_ratio: float = 0.75
-    norm_pix_loss: bool = True
-    norm_pix_eps: float = 1e-2
-    init_encoder: str | None = None
-
-
-@dataclass
-class DataConfig:
-    """What the encoder sees.
-
-    Attributes:
-        sources: where volumes come from (``SourceSpec``: phantom / folder / shared / packages).
-        crop_size: training crop ``(D, H, W)`` voxels at ``target_spacing``; a multiple of the patch.
-        target_spacing: mm per voxel along canonical ``(X, Y, Z)``; every volume is resampled to it.
-        modality_mix: probability of each modality for phantoms (real volumes bring their own).
-        normalization: ``PreprocessPlan.normalization`` per modality (others: percentile); a list
-            means each volume draws one of them (e.g. CT both windowed and percentile-normalised,
-            so the encoder serves tasks that chose either plan).
-        ct_window: HU window of ``ct_window`` normalisation.
-        pool_size: volumes held in memory per stream; each crop picks one of them.
-        new_volumes_per_batch: volumes replaced in the pool per batch. Each volume yields about
-            ``batch_size / new_volumes_per_batch`` augmented crops, which is what makes
-            on-the-fly phantoms (about 0.2 s each) affordable.
-        num_workers: DataLoader worker processes per rank (0 = in the training process).
-        augment: see ``AugmentConfig``.
-        eval_volumes: held-out phantoms (seeds 0…n-1, never trained on) for the evaluation.
-        eval_shape: canonical ``(X, Y, Z)`` size of those phantoms at ``target_spacing``.
-    """
-
-    sources: list[SourceSpec] = field(default_factory=lambda: [SourceSpec(kind="phantom")])
-    crop_size: tuple[int, int, int] = (32, 32, 32)
-    target_spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
-    modality_mix: dict[str, float] = field(default_factory=lambda: {"CT": 0.5, "MR": 0.5})
-    normalization: dict[str, str | list[str]] = field(
-        default_factory=lambda: {"CT": "ct_window", "MR": "percentile"})
-    ct_window: tuple[float, float] = (-1000.0, 1000.0)
-    pool_size: int = 8
-    new_volumes_per_batch: int = 1
-    num_workers: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    eval_volumes: int = 4
-    eval_shape: tuple[int, int, int] = (64, 64, 64)
-
-
-@dataclass
-class OptimConfig:
-    """AdamW with linear warmup and a cosine decay to ``min_lr`` at ``steps``.
-
-    ``lr`` is per optimizer step for the global batch (``batch_size * grad_accum_steps *
-    processes``); scale it yourself when changing the global batch (MAE: lr ∝ batch).
-    """
-
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 10
-    grad_clip: float = 1.0
-
-
-@dataclass
-class PretrainConfig:
-    """A pretraining recipe (``configs/pretrain/*.yaml``).
-
-    Attributes:
-        batch_size: crops per process per micro-step.
-        steps: optimizer steps in the whole run (the LR schedule ends there).
-        grad_accum_steps: micro-steps per optimizer step.
-        mixed_precision: "bf16" autocast (CPU with AMX and recent GPUs: ~1.5-3x faster) or "no".
-        seed: the one seed of the run.
-        log_every, eval_every, checkpoint_every: in optimizer steps (0 = never; the last step
-            is always evaluated and checkpointed).
-        keep_checkpoints: newest checkpoints kept (0 = all).
-        output_dir: metrics.jsonl, loss_curve.png, checkpoints/, encoder/ (the export).
-        resume: continue from the newest checkpoint in ``output_dir``.
-        stop_at_step: end this invocation after that step without exporting (time-sliced jobs;
-            the schedule still follows ``steps``; continue with ``resume``).
-        threads: torch CPU threads per process (``None``: torch's default).
-        export_dtype: dtype of the exported encoder's weights on disk ("bfloat16" halves the size;
-            its config still says float32, so ``from_pretrained`` builds a float32 model).
-    """
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    batch_size: int = 4
-    steps: int = 100
-    grad_accum_steps: int = 1
-    mixed_precision: Literal["no", "bf16"] = "no"
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 50
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    output_dir: str = "runs/pretrain"
-    resume: bool = False
-    stop_at_step: int | None = None
-    threads: int | None = None
-    export_dtype: Literal["float32", "bfloat16"] = "float32"
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "steps", "grad_accum_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.data.pool_size < 1 or self.data.new_volumes_per_batch < 1:
-            raise ConfigError("data.pool_size and data.new_volumes_per_batch must be >= 1.")
-        if not self.data.sources:
-            raise ConfigError("data.sources is empty.", "Add at least one source, e.g. - kind: phantom")
-        bad = sorted(set(self.data.modality_mix) - {"CT", "MR"})
-        if bad or not self.data.modality_mix or min(self.data.modality_mix.values()) < 0:
-            raise ConfigError(f"data.modality_mix must map CT/MR to weights >= 0, got {self.data.modality_mix}.")
-        norm = self.data.normalization
-        if not isinstance(norm, dict) or any(not isinstance(v, (str, list)) or not v for v in norm.values()):
-            raise ConfigError(f"data.normalization must map a modality to a method or a list of methods, got {norm}.")
-        bad = sorted({m for v in norm.values() for m in ([v] if isinstance(v, str) else v)}
-                     - {"ct_window", "zscore", "percentile"})
-        if bad:
-            raise ConfigError(f"data.normalization: unknown method(s) {bad}.", "Use ct_window, zscore or percentile.")
-
-
-def encoder_config_of(cfg: PretrainConfig) -> RadFMEncoderConfig:
-    return RadFMEncoderConfig.from_preset(cfg.model.preset, **cfg.model.overrides)
-
-
-def build_model(cfg: PretrainConfig) -> RadFMForMaskedVolumeModeling:
-    """The MAE of a recipe (seeded by ``cfg.seed``), pyramid frozen (see the module docstring)."""
-    enc = encoder_config_of(cfg)
-    if any(c % p for c, p in zip(cfg.data.crop_size, enc.patch_size)):  # the CNN's "patch" is its stride
-        raise ConfigError(f"data.crop_size {tuple(cfg.data.crop_size)} is not a multiple of the encoder's "
-                          f"patch size {tuple(enc.patch_size)}.")
-    m = cfg.model
-    config = RadFMMAEConfig(encoder_config=enc, decoder_hidden_size=m.decoder_hidden_size,
-                            decoder_layers=m.decoder_layers, decoder_heads=m.decoder_heads,
-                            mask_ratio=m.mask_ratio, norm_pix_loss=m.norm_pix_loss, norm_pix_eps=m.norm_pix_eps)
-    torch.manual_seed(cfg.seed)
-    model = RadFMForMaskedVolumeModeling(config)
-    if m.init_encoder:
-        from radfm.models.encoder import RadFMEncoder
-
-        loaded = RadFMEncoder.from_pretrained(m.init_encoder, dtype=torch.float32)
-        model.encoder.load_state_dict(loaded.state_dict())
-    if enc.architecture != "cnn":  # a ViT's pyramid gets no gradient from MAE; a CNN has none
-        model.encoder.pyramid.requires_grad_(False)
-    return model
-
-
-def pretrain_plan(cfg: PretrainConfig) -> PreprocessPlan:
-    """The plan saved beside the exported encoder: MR's (first) normalisation as the default for
-    "any", the per-modality choices in ``notes``."""
-    d = cfg.data
-    enc = encoder_config_of(cfg)
-    norm = normalization_lists(d)
-    notes = {f"normalization_{mod}": ", ".join(methods) for mod, methods in sorted(norm.items())}
-    notes["pretraining"] = ("MAE self-supervised; each volume was normalised with one of the methods "
-                            "listed per modality; this plan's own normalization is MR's first one. For a "
-                            "CT-only task use dataclasses.replace(plan, modality='CT', normalization=...).")
-    return PreprocessPlan(
-        modality="any",
-        target_spacing=tuple(d.target_spacing),  # type: ignore[arg-type]
-        normalization=norm.get("MR", ["percentile"])[0],  # type: ignore[arg-type]
-        ct_window=tuple(d.ct_window),  # type: ignore[arg-type]
-        patch_size=tuple(d.crop_size),  # type: ignore[arg-type]
-        pad_multiple=tuple(enc.patch_size),  # type: ignore[arg-type]
-        notes=notes,
-    )
-
-
-def export_encoder(encoder: torch.nn.Module, directory: str | Path, *, plan: PreprocessPlan,
-                   dtype: str = "float32") -> Path:
-    """Write ``encoder`` alone (config.json, model.safetensors) and its ``preprocess_plan.json``.
-
-    ``dtype="bfloat16"`` stores the weights in bfloat16 but keeps ``"dtype": "float32"`` in
-    config.json, so ``RadFMEncoder.from_pretrained`` upcasts on load (small file, float32 model).
-    """
-    import copy
-
-    directory = Path(directory)
-    enc = copy.deepcopy(encoder).to(torch.bfloat16) if dtype == "bfloat16" else encoder
-    enc.save_pretrained(directory)
-    cfg_path = directory / "config.json"
-    config = json.loads(cfg_path.read_text())
-    config["dtype"] = "float32"
-    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    plan.save(directory)
-    return directory
-
-
-# ----------------------------------------------------------------------------- data
-def normalization_lists(data: DataConfig) -> dict[str, list[str]]:
-    """``data.normalization`` with every value as a list of methods."""
-    return {k: [v] if isinstance(v, str) else list(v) for k, v in data.normalization.items()}
-
-
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed from integer keys (``(seed, rank, stream, step, …)``), via numpy's SeedSequence."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-_VOLUME_STREAM, _SAMPLE_STREAM, _MASK_STREAM, _STEP_STREAM = 1, 2, 3, 4
-
-
-class PretrainStream(IterableDataset):
-    """Endless stream of ready batches for one rank (``DataLoader(stream, batch_size=None)``).
-
-    Batch ``b`` holds ``batch_size`` augmented crops, each from a volume drawn from the pool of
-    ``pool_size`` volumes ``[b * new, b * new + pool_size)`` of the rank's volume sequence;
-    volume ``v`` and sample ``(b, i)`` are pure functions of ``(seed, rank, v)`` and
-    ``(seed, rank, b, i)``. With ``W`` workers, worker ``w`` makes the batches ``b ≡ w (mod W)``
-    from volumes of its own lane (``v ≡ lane (mod W)``), so no volume is generated twice.
-
-    Yields dicts: ``pixel_values (B, 1, D, H, W)`` float32, ``modality_ids (B,)`` long,
-    ``volume_ids (B,)`` long, ``batch_index`` int.
-    """
-
-    def __init__(self, data: DataConfig, *, batch_size: int, seed: int, rank: int, start_batch: int = 0) -> None:
-        super().__init__()
-        self.data = data
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.start_batch = start_batch
-        common = dict(modality_mix=data.modality_mix, normalization=normalization_lists(data),
-                      target_spacing=tuple(data.target_spacing), ct_window=tuple(data.ct_window))
-        built = [(build_source(spec, **common), spec.weight) for spec in data.sources]  # type: ignore[arg-type]
-        self.sources = [s for s, _ in built if s is not None]
-        if not self.sources:
-            raise ConfigError("no data source is usable on this machine (see the log lines above).",
-                              "Add a phantom source, or fix the folder paths.")
-        w = np.asarray([wt for s, wt in built if s is not None], dtype=np.float64)
-        self.source_p = w / w.sum()
-        self._cache: dict[int, Any] = {}
-
-    def describe(self) -> str:
-        parts = [f"{s.kind} (p={p:.2f}{'' if isinstance(s, PhantomSource) else f', {len(s)} file(s)'})"
-                 for s, p in zip(self.sources, self.source_p)]
-        return ", ".join(parts)
-
-    def volume(self, v: int) -> Any:
-        """Volume ``v`` of this rank's sequence (a ``PreparedVolume``), cached while in the pool."""
-        if v not in self._cache:
-            rng = np.random.default_rng([self.seed, self.rank, _VOLUME_STREAM, v])
-            src = self.sources[int(rng.choice(len(self.sources), p=self.source_p))]
-            self._cache[v] = src.load(rng)
-        return self._cache[v]
-
-    def make_batch(self, b: int, lanes: int = 1) -> dict[str, Any]:
-        """Batch ``b`` (see the class docstring); ``lanes`` = number of DataLoader workers (>= 1)."""
-        d = self.data
-        lane, k = b % lanes, b // lanes
-        pool = [(j * lanes + lane) for j in range(k * d.new_volumes_per_batch, k * d.new_volumes_per_batch + d.pool_size)]
-        for v in [v for v in self._cache if v not in pool]:
-            del self._cache[v]
-        crops, mods, vids = [], [], []
-        for i in range(self.batch_size):
-            rng = np.random.default_rng([self.seed, self.rank, _SAMPLE_STREAM, b, i])
-            v = pool[int(rng.integers(len(pool)))]
-            vol = self.volume(v)
-            g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            crops.append(augment_crop(vol.tensor, tuple(d.crop_size), d.augment, g))  # type: ignore[arg-type]
-            mods.append(MODALITY_IDS.get(vol.modality, MODALITY_IDS["other"]))
-            vids.append(v)
-        return {"pixel_values": torch.stack(crops), "modality_ids": torch.tensor(mods, dtype=torch.long),
-                "volume_ids": torch.tensor(vids, dtype=torch.long), "batch_index": b}
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        wid, lanes = (info.id, info.num_workers) if info is not None else (0, 1)
-        # DataLoader takes one batch from each worker in turn, so worker `wid` makes
-        # start + wid, start + wid + W, … and the main process receives them in order.
-        b = self.start_batch + wid
-        while True:
-            yield self.make_batch(b, lanes)
-            b += lanes
-
-
-def heldout_batch(cfg: PretrainConfig) -> dict[str, torch.Tensor]:
-    """Fixed held-out evaluation crops: phantoms with seeds ``0 … eval_volumes-1`` (training
-    phantoms use seeds >= ``TRAIN_SEED_MIN``), alternating CT/MR and torso/head, each modality's
-    first normalisation, centre crop of ``crop_size``, no augmentation. ``pixel_values (n, 1, D, H, W)``, ``modality_ids (n,)``."""
-    d = cfg.data
-    assert d.eval_volumes < TRAIN_SEED_MIN
-    norm = normalization_lists(d)
-    src = PhantomSource(SourceSpec(kind="phantom"), modality_mix=d.modality_mix, normalization=norm,
-                        target_spacing=tuple(d.target_spacing), ct_window=tuple(d.ct_window))  # type: ignore[arg-type]
-    crops, mods = [], []
-    for i in range(d.eval_volumes):
-        modality = ("CT", "MR")[i % 2]
-        body = ("chest_abdomen", "head")[(i // 2) % 2]
-        vol = src.make(i, modality, body, tuple(d.eval_shape), norm.get(modality, ["percentile"])[0])  # type: ignore[arg-type]
-        crops.append(center_crop(vol.tensor, tuple(d.crop_size)))  # type: ignore[arg-type]
-        mods.append(MODALITY_IDS[modality])
-    return {"pixel_values": torch.stack(crops), "modality_ids": torch.tensor(mods, dtype=torch.long)}
-
-
-@torch.no_grad()
-def evaluate(model: RadFMForMaskedVolumeModeling, batch: dict[str, torch.Tensor], keep: torch.Tensor, *,
-             chunk: int, autocast: Any = nullcontext) -> dict[str, float]:
-    """Masked-reconstruction loss on the held-out batch with fixed masks ``keep (n, N_keep)``:
-    overall, per modality (mean over samples), and ``eval_flat_baseline``: the loss of predicting
-    each hidden patch flat at its own mean (see ``flat_patch_baseline``; beating it means the
-    model predicts structure, not only intensity levels)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    losses = []
-    for s in range(0, batch["pixel_values"].shape[0], chunk):
-        with autocast():
-            out = model(batch["pixel_values"][s:s + chunk].to(device),
-                        modality_ids=batch["modality_ids"][s:s + chunk].to(device),
-                        keep_indices=keep[s:s + chunk].to(device))
-        losses.append(out.per_sample_loss.float().cpu())
-    model.train(was_training)
-    per = torch.cat(losses)
-    cfg = model.config
-    n_tokens = math.prod(model.grid_size(tuple(batch["pixel_values"].shape[2:])))
-    _, flat = flat_patch_baseline(batch["pixel_values"], mask_from_keep_indices(keep, n_tokens),
-                                  model.mask_patch_size, norm_pix_loss=cfg.norm_pix_loss,
-                                  norm_pix_eps=cfg.norm_pix_eps)
-    result = {"eval_loss": float(per.mean()), "eval_flat_baseline": float(flat.mean())}
-    for name, mid in MODALITY_IDS.items():
-        sel = batch["modality_ids"] == mid
-        if sel.any():
-            result[f"eval_loss_{name}"] = float(per[sel].mean())
-    return result
 
 
 # ----------------------------------------------------------------------------- the loop
