@@ -1,7 +1,8 @@
 """Deformable registration: dense and diffeomorphic displacement fields on the shared encoder.
 
 Public API: :func:`register` (volumes in, warped volume + field in mm out), :func:`propagate_labels`
-(4D label propagation), the model :class:`RadFMRegistration` / :class:`RadFMRegConfig`, and the
+(4D label propagation), training (:class:`RegRecipe` and :func:`run_recipe`, the
+function behind ``radfm train registration``), the model :class:`RadFMRegistration` / :class:`RadFMRegConfig`, and the
 pure field functions in :mod:`radfm.tasks.registration.functional`. Names load lazily so that
 ``radfm --help`` does not import torch models.
 """
@@ -18,6 +19,8 @@ _EXPORTS = {
     "propagate_labels": "radfm.tasks.registration.propagate",
     "RadFMRegConfig": "radfm.tasks.registration.model",
     "RadFMRegistration": "radfm.tasks.registration.model",
+    "RegRecipe": "radfm.tasks.registration.recipe",
+    "run_recipe": "radfm.tasks.registration.recipe",
 }
 __all__ = sorted(_EXPORTS)
 

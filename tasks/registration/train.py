@@ -19,18 +19,18 @@ MAE pyramid trains too and only the trunk stays fixed and out of the checkpoint)
 weights when saved, so the checkpoint is a plain model).
 
 Deterministic for a seed on one machine (numpy ``default_rng`` streams, ``torch.manual_seed``).
-Run: ``python -m radfm.tasks.registration.train --out DIR --steps 2000 [--real T1.nii.gz]``.
+Run: ``radfm train registration -c configs/registration/starter.yaml [key=value …]`` (the recipe
+and its runner live in ``radfm.tasks.registration.recipe``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,7 +47,7 @@ from radfm.io import Volume
 from radfm.models import MODALITY_IDS
 from radfm.tasks.registration import functional as RF
 from radfm.tasks.registration import losses as L
-from radfm.tasks.registration.model import RadFMRegConfig, RadFMRegistration
+from radfm.tasks.registration.model import RadFMRegistration
 
 log = logging.getLogger(__name__)
 
@@ -238,11 +238,18 @@ def merge_lora(model: RadFMRegistration) -> int:
 
 # ----------------------------------------------------------------------------- loop
 def train(model: RadFMRegistration, subjects: Sequence[Subject], cfg: TrainConfig, *,
-          checkpoint_dir: Path | None = None, checkpoint_every: int = 100) -> dict[str, Any]:
-    """Train ``model`` in place on pairs made from ``subjects``; returns the loss history.
+          checkpoint_dir: Path | None = None, checkpoint_every: int = 100, stop_after: int | None = None,
+          accelerator: Any = None) -> dict[str, Any]:
+    """Train ``model`` in place on pairs made from ``subjects`` with ``accelerate``; returns the loss history.
+
+    Why accelerate: the same loop runs on this CPU, one GPU, or several processes
+    (``accelerate launch -m radfm.cli train registration …``); each rank draws its own pairs.
+    ``accelerator`` defaults to ``Accelerator(cpu=not torch.cuda.is_available())``.
 
     With ``checkpoint_dir`` the model is saved there every ``checkpoint_every`` steps (a long
-    CPU run can then be stopped at any time and still leave a usable model).
+    CPU run can then be stopped at any time and still leave a usable model). ``stop_after``
+    ends the run after that many steps while the learning-rate schedule still spans
+    ``cfg.steps`` (a run stopped part-way, as the shipped model's first stage was).
 
     Returns:
         ``{"loss": [...], "epe_vox": [...], "skipped": int, "seconds": float, "steps": int}``, one
@@ -251,32 +258,44 @@ def train(model: RadFMRegistration, subjects: Sequence[Subject], cfg: TrainConfi
     """
     if not subjects:
         raise ConfigError("train() needs at least one subject.")
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    if accelerator is None:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    rank, main = accelerator.process_index, accelerator.is_main_process
+    torch.manual_seed(cfg.seed + rank)
+    # One process keeps the historical stream (seed only), so single-process runs reproduce earlier ones.
+    rng = np.random.default_rng(cfg.seed if accelerator.num_processes == 1 else [cfg.seed, rank])
     _setup_encoder(model, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Not passed through accelerator.prepare: its wrapper would step the schedule once per process.
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1))
         * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(cfg.steps, 1), 1.0)))))
+    reg_config = model.config
+    wrapped, opt = accelerator.prepare(model, opt)
+    device = accelerator.device
     sim = L.similarity_loss(cfg.similarity)
     smooth, fold, epe = L.GradientSmoothness(), L.FoldingPenalty(), L.FieldError()
     max_label = max((int(s.labels.max()) for s in subjects if s.labels is not None), default=0)
     dice = L.LabelDice(max_label + 1) if max_label else None
     history: dict[str, Any] = {"loss": [], "epe_vox": [], "skipped": 0}
     t0 = time.perf_counter()
-    bar = range(cfg.steps)
-    if cfg.progress:
+    n_steps = cfg.steps if stop_after is None else min(cfg.steps, int(stop_after))
+    bar: Any = range(n_steps)
+    if cfg.progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(bar, desc="registration training", unit="step")
-    multiple = model.config.pad_multiple
+    multiple = reg_config.pad_multiple
     for step in bar:
         subject = subjects[int(rng.integers(len(subjects)))]
-        b = make_pair(subject, rng, cfg, spacing=model.config.target_spacing[0], multiple=multiple)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = model(b["fixed"], b["moving"], modality_ids=b["modality_ids"])
+        b = make_pair(subject, rng, cfg, spacing=reg_config.target_spacing[0], multiple=multiple)
+        b = {k: v.to(device) for k, v in b.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = wrapped(b["fixed"], b["moving"], modality_ids=b["modality_ids"])
         u = out.ddf
         warped = RF.warp(b["moving"], u)
         loss = cfg.w_field * epe(u, b["field"])
@@ -288,8 +307,8 @@ def train(model: RadFMRegistration, subjects: Sequence[Subject], cfg: TrainConfi
         if dice is not None and "moving_labels" in b and cfg.w_dice:
             loss = loss + cfg.w_dice * dice(u, b["moving_labels"], b["fixed_labels"])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, 5.0)
+        accelerator.backward(loss)
+        norm = accelerator.clip_grad_norm_(params, 5.0)
         if torch.isfinite(loss) and torch.isfinite(norm):
             opt.step()
         else:  # one bad pair (rare bf16 overflow) must not poison the weights: skip it, count it
@@ -300,89 +319,15 @@ def train(model: RadFMRegistration, subjects: Sequence[Subject], cfg: TrainConfi
             e = float((u - b["field"]).pow(2).sum(1).sqrt().mean())
         history["loss"].append(float(loss.detach()))
         history["epe_vox"].append(e)
-        if cfg.progress:
-            bar.set_postfix(loss=f"{float(loss):.3f}", epe=f"{e:.2f}")
-        if checkpoint_dir is not None and (step + 1) % checkpoint_every == 0 and cfg.encoder_mode != "lora":
-            model.save_pretrained(checkpoint_dir)
+        if cfg.progress and main:
+            bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", epe=f"{e:.2f}")
+        if (checkpoint_dir is not None and main and (step + 1) % checkpoint_every == 0
+                and cfg.encoder_mode != "lora"):
+            accelerator.unwrap_model(wrapped).save_pretrained(checkpoint_dir)
             (Path(checkpoint_dir) / "training_progress.json").write_text(json.dumps(
                 {"step": step + 1, "epe_vox_last100": float(np.nanmean(history["epe_vox"][-100:])),
                  "loss_last100": float(np.nanmean(history["loss"][-100:])), "skipped": history["skipped"]}) + "\n")
     model.eval()
     history["seconds"] = time.perf_counter() - t0
-    history["steps"] = cfg.steps
+    history["steps"] = n_steps
     return history
-
-
-# ----------------------------------------------------------------------------- recipe / CLI
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m radfm.tasks.registration.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, type=Path, help="model directory to write")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--phantoms", type=int, default=16, help="number of phantom subjects (default 16)")
-    p.add_argument("--real", action="append", default=[], type=Path,
-                   help="a real volume to warp by random fields (repeatable)")
-    p.add_argument("--diffeomorphic", action="store_true")
-    p.add_argument("--encoder", default=None,
-                   help="'starter' (radfm's starter encoder: frozen trunk, not stored; pyramid, stem and decoder "
-                        "trained) or a RadFMEncoder directory (default: a fresh tiny encoder trained in full)")
-    p.add_argument("--encoder-mode", choices=["full", "frozen", "lora"], default=None)
-    p.add_argument("--init", type=Path, default=None, help="continue from this registration model directory")
-    p.add_argument("--crop", type=int, nargs="+", default=[48, 64],
-                   help="crop sizes in model-grid voxels, multiples of 16 (default: 48 64)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (1 is fastest on a machine shared with other jobs)")
-    p.add_argument("--w-sim", type=float, default=TrainConfig.w_sim, help="similarity loss weight")
-    p.add_argument("--w-dice", type=float, default=TrainConfig.w_dice, help="label Dice loss weight")
-    p.add_argument("--no-bf16", action="store_true")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Train and save a model directory (config, safetensors, plan, training record)."""
-    from radfm.io import load_volume
-    from radfm.models import RadFMEncoder
-
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    if args.init is not None:
-        model = RadFMRegistration.from_pretrained(args.init)
-    elif args.encoder == "starter":
-        model = RadFMRegistration.from_starter_encoder(diffeomorphic=args.diffeomorphic)
-    elif args.encoder is not None:
-        encoder = RadFMEncoder.from_pretrained(args.encoder)
-        model = RadFMRegistration(RadFMRegConfig(encoder_config=encoder.config.to_dict(),
-                                                 diffeomorphic=args.diffeomorphic))
-        model.encoder.load_state_dict(encoder.state_dict())
-    else:
-        model = RadFMRegistration(RadFMRegConfig(diffeomorphic=args.diffeomorphic))
-    mode = args.encoder_mode or {None: "full", "starter": "frozen"}.get(args.encoder, "lora")
-    cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, encoder_mode=mode, bf16=not args.no_bf16,
-                      crop_vox=tuple(args.crop), w_sim=args.w_sim, w_dice=args.w_dice)
-    spacing = model.config.target_spacing[0]
-    subjects = phantom_subjects(range(args.seed * 1000, args.seed * 1000 + args.phantoms), spacing=spacing)
-    for path in args.real:
-        subjects.append(subject_from_volume(load_volume(path), spacing=spacing, name=path.name))
-    history = train(model, subjects, cfg, checkpoint_dir=args.out if mode != "lora" else None)
-    if mode == "lora":
-        merge_lora(model)
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    record = {"train_config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-              "subjects": [s.name for s in subjects], "seconds": history["seconds"],
-              "final_loss_mean_last50": float(np.nanmean(history["loss"][-50:])),
-              "final_epe_vox_mean_last50": float(np.nanmean(history["epe_vox"][-50:])),
-              "skipped_steps": history["skipped"],
-              "encoder": str(args.encoder) if args.encoder else "fresh tiny (8^3 patches)"}
-    (args.out / "training.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    log.info("saved %s after %.0f s", args.out, history["seconds"])
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
