@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------- setup
 def _model(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
     """A model folder and how to describe it: the given/shipped one if it loads, else a random one."""
-    from radfm.tasks.segmentation.predictor import default_model_dir, load_segmenter
+    from radfm.tasks.segmentation.loading import default_model_dir, load_segmenter
 
     folder = args.model or default_model_dir()
     try:

@@ -5,6 +5,12 @@ pretrained by masked autoencoding on SIMULATED CT/MR phantoms and a real T1 brai
 (``configs/pretrain/starter.yaml``; ``encoder/MODEL_CARD.md`` says what it is and is not good for).
 It is a starting point for LoRA / few-shot adaptation, not a clinical model.
 
+``cnn_encoder/`` holds the shared CNN encoder (``architecture="cnn"``, preset "cnn-small": a
+residual 3D CNN with features at strides 1–16), trained together with the prompt-segmentation
+decoder on real volumes (labels and self-supervised pseudo-masks), inserted shapes and phantoms
+(``cnn_encoder/MODEL_CARD.md``). The dense vision heads (prompt segmentation, few-shot adaptation)
+run on it; the report model still runs on the ViT in ``encoder/`` (it was trained on that one).
+
 Why bfloat16 on disk with ``"dtype": "float32"`` in its config.json: the package keeps its
 weights small (about 8 MB instead of 16), while ``RadFMEncoder.from_pretrained`` still builds a
 float32 model (it upcasts on load), so tasks mixing it with float32 heads need no care.
@@ -21,15 +27,21 @@ if TYPE_CHECKING:  # imported lazily: `import radfm.starter` must stay cheap
     from radfm.models.encoder import RadFMEncoder
     from radfm.preprocess.plan import PreprocessPlan
 
-__all__ = ["STARTER_ENCODER_DIR", "load_starter_encoder", "starter_encoder_path", "starter_preprocess_plan"]
+__all__ = ["CNN_ENCODER_DIR", "STARTER_ENCODER_DIR", "load_starter_encoder", "starter_encoder_path",
+           "starter_preprocess_plan"]
 
 STARTER_ENCODER_DIR = Path(__file__).resolve().parent / "encoder"
+CNN_ENCODER_DIR = Path(__file__).resolve().parent / "cnn_encoder"
+_KINDS = {"vit": STARTER_ENCODER_DIR, "cnn": CNN_ENCODER_DIR}
 
 
-def starter_encoder_path() -> Path:
-    """Folder of the starter encoder (``config.json``, ``model.safetensors``, ``preprocess_plan.json``,
-    ``MODEL_CARD.md``); ``FileNotFoundError`` when this installation lacks it."""
-    d = STARTER_ENCODER_DIR
+def starter_encoder_path(kind: str = "vit") -> Path:
+    """Folder of a starter encoder (``"vit"``: ``encoder/``; ``"cnn"``: the shared CNN ``cnn_encoder/``),
+    holding ``config.json``, ``model.safetensors``, ``preprocess_plan.json`` and ``MODEL_CARD.md``;
+    ``FileNotFoundError`` when this installation lacks it."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}.")
+    d = _KINDS[kind]
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"the starter encoder is missing from {d}. Reinstall radfm, or rebuild it with "
@@ -38,14 +50,14 @@ def starter_encoder_path() -> Path:
     return d
 
 
-def load_starter_encoder(*, dtype: torch.dtype | None = None, device: str | torch.device | None = None
-                         ) -> RadFMEncoder:
+def load_starter_encoder(*, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                         kind: str = "vit") -> RadFMEncoder:
     """The starter :class:`~radfm.models.encoder.RadFMEncoder` in eval mode (float32 unless ``dtype``)."""
     import torch
 
     from radfm.models.encoder import RadFMEncoder
 
-    model = RadFMEncoder.from_pretrained(starter_encoder_path(), dtype=dtype or torch.float32)
+    model = RadFMEncoder.from_pretrained(starter_encoder_path(kind), dtype=dtype or torch.float32)
     if device is not None:
         model = model.to(device)
     return model.eval()

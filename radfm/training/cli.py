@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_pretrain", "load_pretrain_config", "register"]
+__all__ = ["cmd_pretrain", "load_pretrain_config", "register", "train_subparsers"]
 
 _DESCRIPTION = """\
 Pretrain the shared 3D encoder without labels (masked autoencoding: 75% of the 3D patches of
@@ -35,6 +35,28 @@ examples:
 """
 
 
+def train_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The sub-command group of ``radfm train`` (``radfm train TASK``), created on first use.
+
+    Why in the core: every task adds ``radfm train TASK`` through its ``radfm.commands`` entry
+    point, and tasks do not import each other; whichever registers first creates the group.
+    """
+    from radfm.errors import ConfigError
+
+    existing = subparsers.choices.get("train")
+    if existing is not None:
+        for action in existing._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action
+        raise ConfigError("another component registered `radfm train` without sub-commands.",
+                          "Register training as `radfm train TASK` (radfm.training.cli.train_subparsers).")
+    p = subparsers.add_parser("train", help="train a task model (radfm train TASK --help)",
+                              description="Train a task model: every task adds its own sub-command. "
+                                          "`radfm train pretrain` is `radfm pretrain`.")
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+    return p.add_subparsers(dest="train_task", metavar="TASK")
+
+
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None, *,
                          resume: bool = False) -> Any:
     """Recipe file + ``key.sub=value`` overrides -> ``PretrainConfig`` (unknown keys are errors)."""
@@ -59,11 +81,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``pretrain`` to the ``radfm`` command (entry point group ``radfm.commands``)."""
-    p = subparsers.add_parser(
+    """Add ``pretrain`` (and its alias ``train pretrain``) to the ``radfm`` command."""
+    _add_pretrain(subparsers.add_parser(
         "pretrain", help="pretrain the shared 3D encoder on CT/MR volumes without labels (MAE)",
         description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ))
+    _add_pretrain(train_subparsers(subparsers).add_parser(
+        "pretrain", help="the shared encoder, without labels (= radfm pretrain)",
+        description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ))
+
+
+def _add_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", required=True, metavar="RECIPE.yaml",
                    help="pretraining recipe, e.g. configs/pretrain/starter.yaml")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",

@@ -5,7 +5,7 @@ Thin wrappers over :class:`radfm.tasks.report.drafting.ReportDrafter` (in-proces
 :func:`radfm.tasks.report.phantom_recipe.train_phantom_report_model`.
 
 ``train`` is shared by tasks: whichever task registers first creates ``radfm train`` with a
-sub-command group, later ones add their sub-command to it (:func:`train_subparsers`). Recipes
+sub-command group, later ones add their sub-command to it (:func:`radfm.training.cli.train_subparsers`). Recipes
 are the dataclasses of those modules; ``-c recipe.yaml`` and dotted overrides
 (``optim.lr=1e-3``) change them, strictly (an unknown key is an error).
 """
@@ -22,22 +22,7 @@ from radfm.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["register", "train_subparsers"]
-
-
-def train_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The sub-command group of ``radfm train``, created on first use (shared by every task)."""
-    existing = subparsers.choices.get("train")
-    if existing is not None:
-        for action in existing._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                return action
-        raise ConfigError("another component registered `radfm train` without sub-commands.",
-                          "Register training as `radfm train TASK` (see radfm.tasks.report.cli.train_subparsers).")
-    p = subparsers.add_parser("train", help="train a task model (radfm train TASK --help)",
-                              description="Train a task model; each task adds its own sub-command.")
-    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
-    return p.add_subparsers(dest="train_task", metavar="TASK")
+__all__ = ["register"]
 
 
 def _recipe(cls: type, default: Any, path: str | None, overrides: list[str]) -> Any:
@@ -189,6 +174,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (findings, impression, sentences with links)")
     p.add_argument("--dicom-sr", help="also write the draft as a DICOM SR (partial, unverified) for a DICOM series")
     p.set_defaults(func=cmd_report)
+
+    from radfm.training.cli import train_subparsers
 
     train = train_subparsers(subparsers)
     t = train.add_parser(

@@ -1,12 +1,15 @@
-"""Prompt-based 3D segmentation (SAM-style clicks, boxes, masks) on the shared encoder.
+"""Prompt-based 3D segmentation (clicks, boxes, previous masks, class names) on the shared CNN encoder.
 
-Parts, one concern per file as in segment-anything: ``prompt_encoder`` (3D random-Fourier
-positions, point/box/mask/class prompts), ``mask_decoder`` (SAM's two-way transformer on 3D
-tokens, pyramid-fusing upscaling, IoU head), ``model`` (assembly, save/load), ``predictor``
-(cache the embedding once, answer many prompts given in file voxels or world mm), ``train``
-(simulated interaction), ``calibration`` (predicted IoU → expected Dice), ``dicom_seg``
-(DICOM SEG output), ``cli`` (``radfm segment``) and ``demo``. Names are imported lazily so
-``radfm --help`` does not load torch.
+One concern per file: ``prompts`` (clicks, box and previous mask as dense maps), ``model`` (the
+shared encoder + the prompt-fused U-shaped decoder + quality head; save/load), ``predictor``
+(cache the window embedding once, answer many prompts given in file voxels or world mm),
+``data`` (real labels, pseudo-masks, inserted shapes, phantoms; the subject-disjoint split),
+``cases`` (cases on the model grid), ``sampling`` (one training sample and its first prompt),
+``interaction`` (the click protocol shared by training, tests and benchmarks), ``train``
+(simulated interaction on accelerate, ``radfm train segmentation``), ``evaluate`` (held-out
+clicking and the click-ball baseline),
+``calibration`` (quality score → expected Dice), ``dicom_seg`` (DICOM SEG output), ``cli``
+(``radfm segment``) and ``demo``. Names are imported lazily so ``radfm --help`` does not load torch.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ _EXPORTS = {
     "RadFMSegConfig": "radfm.tasks.segmentation.model",
     "RadFMPromptSegmenter": "radfm.tasks.segmentation.model",
     "SegPredictor": "radfm.tasks.segmentation.predictor",
-    "SegResult": "radfm.tasks.segmentation.predictor",
-    "load_segmenter": "radfm.tasks.segmentation.predictor",
-    "default_model_dir": "radfm.tasks.segmentation.predictor",
-    "segment_file": "radfm.tasks.segmentation.predictor",
+    "SegResult": "radfm.tasks.segmentation.results",
+    "load_segmenter": "radfm.tasks.segmentation.loading",
+    "default_model_dir": "radfm.tasks.segmentation.loading",
+    "segment_file": "radfm.tasks.segmentation.files",
     "TrainConfig": "radfm.tasks.segmentation.train",
     "train": "radfm.tasks.segmentation.train",
     "Calibration": "radfm.tasks.segmentation.calibration",

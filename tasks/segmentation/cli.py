@@ -1,6 +1,6 @@
 """``radfm segment``: one object from clicks and/or a box, written in the input's own space.
 
-A thin wrapper over :func:`radfm.tasks.segmentation.predictor.segment_file`. Prompt syntax:
+A thin wrapper over :func:`radfm.tasks.segmentation.files.segment_file`. Prompt syntax:
 
 - ``--point i,j,k[,+|-]``: voxel indices of the file as stored (nibabel's array order, 3D Slicer's
   IJK); ``+`` foreground (default), ``-`` background. Repeat for several clicks.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from typing import Any
 
 __all__ = ["parse_box", "parse_point", "register"]
@@ -54,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from transformers.utils import logging as hf_logging
 
-    from radfm.tasks.segmentation.predictor import segment_file
+    from radfm.tasks.segmentation.files import segment_file
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in a command-line tool's output
 
@@ -65,9 +66,15 @@ def _run(args: argparse.Namespace) -> int:
         labels_mm=[lab for _, lab in args.point_mm], box=args.box, model_dir=args.model, adapter=args.adapter,
         dicom_seg=args.dicom_seg, modality=args.modality, series=args.series, structure=args.structure,
         dtype=args.dtype)
+    empty = summary["empty"]
+    if empty:
+        print(f"radfm segment: the mask is EMPTY (nothing found for the prompt); wrote {summary['mask']} anyway. "
+              "Add a click inside the object" + ("" if args.allow_empty else ", or pass --allow-empty to accept it")
+              + ".", file=sys.stderr)
+    code = 3 if empty and not args.allow_empty else 0
     if args.json:
         print(json.dumps(summary, indent=2))
-        return 0
+        return code
     con = Console()
     bb = summary["bbox_voxel"]
     con.print(f"wrote [bold]{summary['mask']}[/] ({summary['voxels']} voxels, {summary['volume_ml']:.2f} ml)")
@@ -75,11 +82,12 @@ def _run(args: argparse.Namespace) -> int:
         con.print(f"  bounding box (native voxels): {bb['min']} .. {bb['max']}; "
                   f"mm (RAS+): {summary['bbox_mm']['min']} .. {summary['bbox_mm']['max']}")
     exp = summary["expected_dice"]
-    con.print(f"  predicted IoU {summary['score']:.3f}" + (f", expected Dice {exp:.3f}" if exp is not None else "")
-              + (" [yellow]LOW CONFIDENCE: add a click[/]" if summary["low_confidence"] else ""))
+    if summary["score"] is not None:
+        con.print(f"  predicted Dice {summary['score']:.3f}" + (f", expected Dice {exp:.3f}" if exp is not None else "")
+                  + (" [yellow]LOW CONFIDENCE: add a click[/]" if summary["low_confidence"] else ""))
     if "dicom_seg" in summary:
         con.print(f"  DICOM SEG: {summary['dicom_seg']}")
-    return 0
+    return code
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,13 +111,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="click in world RAS+ millimetres (as 3D Slicer shows them)")
     p.add_argument("--box", type=parse_box, default=None, metavar="I0,J0,K0,I1,J1,K1",
                    help="box around the object: two opposite corners in voxel indices")
-    p.add_argument("--structure", default=None, help="name of a known structure as an extra prompt (e.g. liver)")
+    p.add_argument("--structure", default=None,
+                   help="name of a known structure (e.g. liver): alone, segments it automatically; with clicks, an "
+                        "extra prompt; with an --adapter from `radfm adapt`, one of its structures")
+    p.add_argument("--allow-empty", action="store_true", help="exit 0 even when the mask comes back empty")
     p.add_argument("--out", required=True, help="output mask file (.nii.gz, .nrrd, .mha, .npy …)")
     p.add_argument("--model", default=None, help="model folder (default: the model shipped with radfm)")
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder for the encoder")
+    p.add_argument("--adapter", default=None,
+                   help="LoRA adapter folder for the encoder, or a folder written by `radfm adapt` (automatic)")
     p.add_argument("--dicom-seg", default=None, metavar="OUT.dcm", help="also write a DICOM SEG (DICOM series input)")
     p.add_argument("--modality", choices=["CT", "MR"], default=None, help="declare the modality")
     p.add_argument("--series", type=int, default=None, help="series index when a DICOM folder holds several")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="inference precision (default fp32)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_run)
+    _register_train(subparsers)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from radfm.config import load_config
+    from radfm.tasks.segmentation.train import SegRecipe, run_recipe
+
+    print(run_recipe(load_config(SegRecipe, args.config, args.overrides)))
+    return 0
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    """``radfm train segmentation -c RECIPE [key=value …]``: the shared encoder + prompt decoder."""
+    from radfm.training.cli import train_subparsers
+
+    t = train_subparsers(subparsers).add_parser(
+        "segmentation", help="the prompt segmenter and the shared CNN encoder (simulated interaction)",
+        description="Train the prompt segmenter (and with it the shared CNN encoder) by simulated interaction "
+        "on real labels, pseudo-masks, inserted shapes and phantoms, on accelerate. Writes OUTPUT_DIR/model, "
+        "the encoder (encoder_out), loss_curve.png and training_summary.json.",
+        epilog="example:\n  radfm train segmentation -c configs/segmentation/starter.yaml train.steps=300",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("-c", "--config", default=None, metavar="RECIPE.yaml",
+                   help="e.g. configs/segmentation/starter.yaml (default: the built-in recipe)")
+    t.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. train.steps=300 output_dir=runs/x")
+    t.set_defaults(func=_train)

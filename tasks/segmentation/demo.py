@@ -32,8 +32,9 @@ def _target(ctx: DemoContext) -> tuple[int, str]:
 
 def section(ctx: DemoContext) -> DemoSection:
     """Segment one structure of the demo case from one click, then two (see module doc)."""
-    from radfm.tasks.segmentation.predictor import SegPredictor, load_segmenter
-    from radfm.tasks.segmentation.train import dice_score, next_click
+    from radfm.tasks.segmentation.interaction import dice_score, next_click
+    from radfm.tasks.segmentation.loading import load_segmenter
+    from radfm.tasks.segmentation.predictor import SegPredictor
 
     label_id, name = _target(ctx)
     gt = ctx.case.labels.array == label_id

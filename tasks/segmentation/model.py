@@ -1,19 +1,21 @@
-"""The prompt segmenter: shared encoder + neck + prompt encoder + mask decoder, assembled here.
+"""The prompt segmenter: shared CNN encoder + prompt-fused U-shaped decoder + quality head.
 
-Read top to bottom: config, outputs, the model (embedding once, decoding per prompt), saving and
-loading. As in segment-anything, the model is built from its parts in the constructor and the
-expensive part (:meth:`RadFMPromptSegmenter.get_image_embeddings`) is separate from the cheap part
-(:meth:`RadFMPromptSegmenter.decode`), so a predictor can cache the first and answer many clicks.
+Design, chosen by measurement (docs/benchmarks.md, ``radfm bench promptseg``): the earlier
+SAM-style late fusion (prompt tokens × 24 mm image tokens, masks as a dot product with a Gaussian
+click map) returned a ball around every click on real scans and on noise alike. Here the image
+features of every encoder stage (strides 1–16, computed once per window and cached: the
+"embedding") meet the prompt maps (:mod:`radfm.tasks.segmentation.prompts`) at *every* decoder
+scale, down to full resolution, so the mask can stop at the intensity border nearest the click.
+A click costs one decoder pass (not an encoder pass) over the window.
 
-Shapes: model input ``(B, C, D, H, W)`` (``(D, H, W)`` multiples of the encoder patch); prompts in
+Shapes: model input ``(B, C, D, H, W)`` (multiples of the encoder's total stride, 16); prompts in
 continuous voxel indices ``(z, y, x)`` of that input (``point_coords (B, N, 3)``, ``point_labels
-(B, N)`` 1 = foreground / 0 = background / -1 = padding, ``boxes (B, 6)`` inclusive corners
-``(z0, y0, x0, z1, y1, x1)``, ``mask_inputs (B, 1, 4gd, 4gh, 4gw)`` low-res logits).
+(B, N)`` 1 / 0 / -1 = padding, ``boxes (B, 6)`` inclusive corners, ``mask_inputs (B, 1, D, H, W)``
+logits of the previous round, ``class_ids (B,)`` -1 = none).
 
 Saving: ``save_pretrained(dir)`` writes ``config.json`` + ``model.safetensors`` + the preprocessing
-plan (``preprocess_plan.json``). With ``include_encoder=False`` the shared encoder's weights are left
-out (``config.encoder_source`` says where they come from, e.g. ``"starter"``): the shipped model is
-then a few MB of decoder and LoRA weights over the starter encoder the package already ships.
+plan. With ``encoder_source="starter"`` the shared encoder's weights are left out: the shipped
+model is the decoder over the starter encoder the package already ships, plus its LoRA adapter.
 """
 
 from __future__ import annotations
@@ -33,21 +35,17 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
 from radfm.errors import ConfigError, InputError
-from radfm.models.encoder import LayerNorm3d, RadFMEncoder
+from radfm.models.cnn import ConvNormAct, ResBlock3d
+from radfm.models.encoder import RadFMEncoder
 from radfm.models.encoder_config import RadFMEncoderConfig
 from radfm.preprocess.plan import PLAN_FILENAME, PreprocessPlan
-from radfm.tasks.segmentation.mask_decoder import MaskDecoder3d, TwoWayTransformer
-from radfm.tasks.segmentation.prompt_encoder import (
-    PositionEmbeddingRandom3d,
-    PromptEncoder3d,
-    render_prompt_maps,
-)
+from radfm.tasks.segmentation.prompts import NUM_PROMPT_MAPS, render_prompt_maps
 
-__all__ = ["ImageEmbeddings", "PromptSegOutput", "RadFMPromptSegmenter", "RadFMSegConfig"]
+__all__ = ["ImageEmbeddings", "PromptSegOutput", "PromptUNetDecoder", "RadFMPromptSegmenter", "RadFMSegConfig"]
 
 log = logging.getLogger(__name__)
 
-ENCODER_SOURCES = ("included", "starter", "external")
+ENCODER_SOURCES = ("included", "starter", "starter-cnn", "external")
 
 
 @strict
@@ -55,19 +53,14 @@ class RadFMSegConfig(PreTrainedConfig):
     r"""Config of :class:`RadFMPromptSegmenter`.
 
     Args:
-        encoder_config: the shared encoder (:class:`RadFMEncoderConfig` or its dict; default "tiny").
-        decoder_dim: token width ``C`` of the prompt encoder and mask decoder.
-        decoder_depth, decoder_heads, decoder_mlp_dim: SAM's two-way transformer.
-        num_multimask_outputs: candidate masks for an ambiguous prompt (SAM: 3).
-        iou_head_depth, iou_head_hidden_dim: the IoU-prediction MLP.
-        mask_in_chans: hidden channels of the mask-prompt downscaling convs.
-        pe_reference: voxels per unit of the random-Fourier positional code.
+        encoder_config: the shared encoder (a CNN trunk, ``architecture="cnn"``; default "cnn-tiny").
+        click_sigma: width (model voxels) of a click's Gaussian in the prompt maps.
         class_names: structures that can be prompted by name (``class_ids`` index this list).
         window_size: ``(D, H, W)`` model-input window in voxels at the plan's spacing; larger
             volumes are cropped around the prompts (bounded memory), smaller ones padded.
-        encoder_source: where the encoder weights come from: ``"included"`` (in model.safetensors),
-            ``"starter"`` (``radfm.starter.starter_encoder_path()``, loaded under the adapter) or
-            ``"external"`` (saved without it: pass ``encoder=`` to ``from_pretrained``).
+        encoder_source: ``"included"`` (in model.safetensors), ``"starter-cnn"`` (the package's
+            shared CNN encoder, ``radfm.starter.starter_encoder_path("cnn")``, plus the LoRA adapter
+            saved beside when there is one) or ``"external"`` (pass ``encoder=`` to ``from_pretrained``).
     """
 
     model_type = "radfm_prompt_segmenter"
@@ -76,53 +69,43 @@ class RadFMSegConfig(PreTrainedConfig):
     }
 
     encoder_config: dict | PreTrainedConfig | None = None
-    decoder_dim: int = 64
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-    decoder_mlp_dim: int = 256
-    num_multimask_outputs: int = 3
-    iou_head_depth: int = 3
-    iou_head_hidden_dim: int = 64
-    mask_in_chans: int = 16
-    pe_reference: float | int = 128.0
+    click_sigma: float | int = 2.0
     class_names: list[str] | None = None
-    window_size: list[int] | tuple[int, ...] = (64, 64, 64)
+    window_size: list[int] | tuple[int, ...] = (128, 128, 128)
     encoder_source: str = "included"
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.encoder_config is None:
-            self.encoder_config = RadFMEncoderConfig.from_preset("tiny").to_dict()
+            self.encoder_config = RadFMEncoderConfig.from_preset("cnn-tiny").to_dict()
         super().__post_init__(**kwargs)
-        if self.decoder_dim % 2 or self.decoder_dim % self.decoder_heads:
-            raise ConfigError(f"decoder_dim ({self.decoder_dim}) must be even and divisible by decoder_heads "
-                              f"({self.decoder_heads}).")
-        if self.num_multimask_outputs < 1:
-            raise ConfigError(f"num_multimask_outputs must be >= 1, got {self.num_multimask_outputs}.")
+        if self.encoder_config.architecture != "cnn":
+            raise ConfigError("the prompt segmenter needs a CNN encoder (architecture='cnn').",
+                              "Build it from RadFMEncoderConfig.from_preset('cnn-small') or the starter encoder.")
         if self.encoder_source not in ENCODER_SOURCES:
             raise ConfigError(f"encoder_source must be one of {ENCODER_SOURCES}, got {self.encoder_source!r}.")
         self.window_size = [int(v) for v in self.window_size]
         patch = self.encoder_config.patch_size
         if len(self.window_size) != 3 or any(w % p or w < p for w, p in zip(self.window_size, patch)):
             raise ConfigError(f"window_size {self.window_size} must be three positive multiples of the encoder "
-                              f"patch {tuple(patch)}.")
+                              f"stride {tuple(patch)}.")
         self.class_names = [str(c) for c in (self.class_names or [])]
 
 
 @dataclass
 class ImageEmbeddings:
-    """What the predictor caches per volume window (image-only; no prompt involved).
+    """What the predictor caches per volume window (image only, no prompt involved).
 
     Attributes:
-        embeddings: ``(B, C, gd, gh, gw)`` neck output.
-        skips: the decoder's image-only skip inputs (channels-last, see ``MaskDecoder3d.image_skips``).
-        grid_size: ``(gd, gh, gw)``.
+        features: the encoder's stage maps, finest first (strides 1, 2, 4, …).
         input_size: ``(D, H, W)`` of the model input.
     """
 
-    embeddings: torch.Tensor
-    skips: tuple[torch.Tensor, ...]
-    grid_size: tuple[int, int, int]
+    features: tuple[torch.Tensor, ...]
     input_size: tuple[int, int, int]
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        return tuple(self.features[-1].shape[2:])  # type: ignore[return-value]
 
 
 @dataclass
@@ -130,9 +113,10 @@ class PromptSegOutput(ModelOutput):
     """Output of :class:`RadFMPromptSegmenter`.
 
     Args:
-        masks: ``(B, M, D, H, W)`` mask logits on the model input grid (threshold 0).
-        iou_predictions: ``(B, M)`` predicted IoU of each mask with the intended object.
-        low_res_logits: ``(B, M, 4gd, 4gh, 4gw)`` logits to feed back as ``mask_inputs`` next round.
+        masks: ``(B, 1, D, H, W)`` mask logits on the model input grid (threshold 0).
+        iou_predictions: ``(B, 1)`` predicted Dice of the mask with the intended object (quality head).
+        low_res_logits: the same logits, to feed back as ``mask_inputs`` next round (full resolution;
+            the name is segment-anything's).
     """
 
     masks: torch.Tensor | None = None
@@ -140,97 +124,118 @@ class PromptSegOutput(ModelOutput):
     low_res_logits: torch.Tensor | None = None
 
 
-class RadFMPromptSegmenter(PreTrainedModel):
-    """Promptable 3D segmentation on the shared encoder (SAM's design in 3D).
+def _pool_maps(maps: torch.Tensor, factor: int) -> torch.Tensor:
+    """Prompt maps at stride ``factor``: max for clicks (a click must survive), mean for box and mask."""
+    if factor == 1:
+        return maps
+    clicks = F.max_pool3d(maps[:, :2], factor)
+    rest = F.avg_pool3d(maps[:, 2:], factor)
+    return torch.cat([clicks, rest], dim=1)
 
-    ``encoder`` (shared, LoRA-adapted) → ``neck`` (1×1 + 3×3×3 convs to ``decoder_dim``, SAM's neck)
-    → image embedding; ``prompt_encoder`` turns clicks/boxes/masks/class names into tokens;
-    ``mask_decoder`` returns candidate masks at full input resolution and their predicted IoU.
+
+class PromptUNetDecoder(nn.Module):
+    """U-shaped decoder whose every scale reads the image features *and* the prompt maps.
+
+    Args:
+        channels: encoder stage widths, finest first (the decoder mirrors them).
+        num_classes: names that can be prompted (a FiLM scale/shift of the bottleneck per class).
+    Forward: stage maps (finest first), prompt maps ``(B, NUM_PROMPT_MAPS, D, H, W)``, class ids
+    ``(B,)`` → ``(logits (B, 1, D, H, W), quality (B, 1))``.
     """
+
+    def __init__(self, *, channels: list[int], num_classes: int = 0) -> None:
+        super().__init__()
+        m = NUM_PROMPT_MAPS
+        c = list(channels)
+        self.bottleneck = nn.Sequential(ConvNormAct(c[-1] + m, c[-1]), ResBlock3d(c[-1]))
+        self.class_film = nn.Embedding(num_classes, 2 * c[-1]) if num_classes else None
+        n = len(c) - 1
+        self.up = nn.ModuleList(nn.ConvTranspose3d(c[i + 1], c[i], kernel_size=2, stride=2) for i in reversed(range(n)))
+        self.fuse = nn.ModuleList(ConvNormAct(2 * c[i] + m, c[i]) for i in reversed(range(n)))
+        self.refine = nn.ModuleList(ResBlock3d(c[i]) if i > 0 else nn.Identity() for i in reversed(range(n)))
+        self.head = nn.Conv3d(c[0], 1, kernel_size=1)
+        self.quality = nn.Sequential(nn.Linear(2 * c[0] + 2, 32), nn.GELU(), nn.Linear(32, 1))
+
+    def forward(self, features: tuple[torch.Tensor, ...], maps: torch.Tensor,
+                class_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        b = maps.shape[0]
+
+        def per_prompt(x: torch.Tensor) -> torch.Tensor:
+            return x.expand(b, *x.shape[1:]) if x.shape[0] == 1 and b > 1 else x
+
+        dtype = features[-1].dtype
+        levels = len(features)
+        x = torch.cat([per_prompt(features[-1]), _pool_maps(maps, 2 ** (levels - 1)).to(dtype)], dim=1)
+        x = self.bottleneck(x)
+        if class_ids is not None and self.class_film is not None:
+            ids = class_ids.long().reshape(-1)
+            film = self.class_film(ids.clamp_min(0)) * (ids >= 0)[:, None].to(x.dtype)
+            scale, shift = film.chunk(2, dim=1)
+            x = x * (1 + scale[:, :, None, None, None].to(x.dtype)) + shift[:, :, None, None, None].to(x.dtype)
+        for j, (up, fuse, refine) in enumerate(zip(self.up, self.fuse, self.refine)):
+            lvl = levels - 2 - j
+            skip = per_prompt(features[lvl])
+            x = up(x)
+            if x.shape[2:] != skip.shape[2:]:
+                x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+            x = refine(fuse(torch.cat([x, skip.to(x.dtype), _pool_maps(maps, 2**lvl).to(x.dtype)], dim=1)))
+        logits = self.head(x)
+        prob = torch.sigmoid(logits.float())
+        feat = x.float()
+        inside = (feat * prob).flatten(2).sum(-1) / prob.flatten(2).sum(-1).clamp_min(1.0)
+        outside = (feat * (1 - prob)).flatten(2).sum(-1) / (1 - prob).flatten(2).sum(-1).clamp_min(1.0)
+        frac = prob.flatten(1).mean(1, keepdim=True)
+        crisp = ((prob - 0.5).abs() * 2).flatten(1).mean(1, keepdim=True)
+        quality = torch.sigmoid(self.quality(torch.cat([inside, outside, frac, crisp], dim=1)))
+        return logits, quality
+
+
+class RadFMPromptSegmenter(PreTrainedModel):
+    """Promptable 3D segmentation on the shared encoder: clicks, boxes, previous masks, class names."""
 
     config_class = RadFMSegConfig
     base_model_prefix = "radfm_promptseg"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    _no_split_modules: ClassVar[list[str]] = ["Block"]
-    #: Modules trained in full and saved beside the LoRA adapter (peft ``modules_to_save``).
-    head_modules: ClassVar[tuple[str, ...]] = ("neck", "prompt_encoder", "mask_decoder")
+    #: Modules trained in full and saved with the model (the encoder gets LoRA, saved apart).
+    head_modules: ClassVar[tuple[str, ...]] = ("decoder",)
 
     def __init__(self, config: RadFMSegConfig) -> None:
         super().__init__(config)
         enc: RadFMEncoderConfig = config.encoder_config
-        c = config.decoder_dim
         self.encoder = RadFMEncoder(enc)
-        self.neck = nn.Sequential(
-            nn.Conv3d(enc.hidden_size, c, kernel_size=1, bias=False),
-            LayerNorm3d(c),
-            nn.Conv3d(c, c, kernel_size=3, padding=1, bias=False),
-            LayerNorm3d(c),
-        )
-        self.prompt_encoder = PromptEncoder3d(
-            embed_dim=c, patch_size=enc.patch_size, pe_reference=float(config.pe_reference),
-            mask_in_chans=config.mask_in_chans, num_classes=len(config.class_names),
-        )
-        self.mask_decoder = MaskDecoder3d(
-            transformer_dim=c,
-            transformer=TwoWayTransformer(depth=config.decoder_depth, embedding_dim=c,
-                                          num_heads=config.decoder_heads, mlp_dim=config.decoder_mlp_dim),
-            pyramid_channels=enc.pyramid_channels,
-            pyramid_strides=enc.pyramid_strides,
-            image_channels=enc.in_channels,
-            num_multimask_outputs=config.num_multimask_outputs,
-            iou_head_depth=config.iou_head_depth,
-            iou_head_hidden_dim=config.iou_head_hidden_dim,
-        )
+        self.decoder = PromptUNetDecoder(channels=list(enc.cnn_channels), num_classes=len(config.class_names))
         #: The input recipe (spacing, normalisation); saved as preprocess_plan.json beside the weights.
         self.preprocess_plan: PreprocessPlan | None = None
         self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Decoder-side init (the encoder initialises itself), through ``init`` so loaded weights stay.
-
-        Why Xavier and not transformers' N(0, 0.02): the decoder is narrow (32–128 wide) and its
-        hypernetwork stacks three Linear layers; at std 0.02 the mask logits start at ~1e-4 and their
-        gradients vanish (a one-crop overfit barely moved in 50 steps). SAM keeps PyTorch's
-        fan-in-scaled defaults for the same reason.
-        """
         if isinstance(module, nn.Linear):
             init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.InstanceNorm3d)) and module.weight is not None:
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=1.0)  # same scale as the Fourier code they are added to
-        elif isinstance(module, PositionEmbeddingRandom3d):
-            init.normal_(module.gaussian_matrix, std=1.0)
+            init.normal_(module.weight, std=0.1)
 
-    # --- the two halves of a forward ----------------------------------------------------------
     @property
     def patch_size(self) -> tuple[int, int, int]:
+        """The input multiple the model needs (the encoder's total stride)."""
         return tuple(self.config.encoder_config.patch_size)  # type: ignore[return-value]
 
-    def get_image_embeddings(
-        self, pixel_values: torch.Tensor, modality_ids: torch.Tensor | None = None
-    ) -> ImageEmbeddings:
-        """The image-only half: ``(B, C, D, H, W)`` (multiples of the patch) → :class:`ImageEmbeddings`."""
-        out = self.encoder(pixel_values, modality_ids=modality_ids, output_pyramid=True)
-        grid = tuple(out.grid_size)
-        tokens = out.last_hidden_state[:, self.encoder.num_prefix_tokens:]
-        b, _, h = tokens.shape
-        x = tokens.transpose(1, 2).reshape(b, h, *grid)
-        return ImageEmbeddings(
-            embeddings=self.neck(x),
-            skips=self.mask_decoder.image_skips(out.feature_pyramid, pixel_values),
-            grid_size=grid,  # type: ignore[arg-type]
-            input_size=tuple(pixel_values.shape[2:]),  # type: ignore[arg-type]
-        )
+    def get_image_embeddings(self, pixel_values: torch.Tensor,
+                             modality_ids: torch.Tensor | None = None) -> ImageEmbeddings:
+        """The image-only half: ``(B, C, D, H, W)`` → :class:`ImageEmbeddings` (cached by predictors)."""
+        out = self.encoder(pixel_values, modality_ids=modality_ids)
+        return ImageEmbeddings(features=tuple(out.feature_maps),
+                               input_size=tuple(pixel_values.shape[2:]))  # type: ignore[arg-type]
 
     def decode(
         self,
@@ -241,39 +246,32 @@ class RadFMPromptSegmenter(PreTrainedModel):
         boxes: torch.Tensor | None = None,
         mask_inputs: torch.Tensor | None = None,
         class_ids: torch.Tensor | None = None,
-        multimask_output: bool = True,
+        multimask_output: bool = False,
     ) -> PromptSegOutput:
-        """The per-prompt half: prompts (see module doc) → :class:`PromptSegOutput`.
+        """The per-prompt half. ``embeddings`` may hold one image for ``B`` prompt sets, or ``B`` images.
 
-        ``embeddings`` may hold one image for a batch of ``B`` prompt sets, or ``B`` images.
+        ``multimask_output`` is accepted for segment-anything compatibility; this decoder returns one
+        mask (ambiguity is resolved by the next click, which costs one decoder pass).
         """
         if point_coords is None and boxes is None and mask_inputs is None and class_ids is None:
             raise InputError("no prompt given.", "Give at least one point, a box, a mask or a class name.")
         if (point_coords is None) != (point_labels is None):
             raise InputError("point_coords and point_labels must be given together.")
         bsz = next(t.shape[0] for t in (point_coords, boxes, mask_inputs, class_ids) if t is not None)
-        grid = embeddings.grid_size
-        if mask_inputs is not None:
-            want = self.prompt_encoder.mask_input_size(grid)
-            if tuple(mask_inputs.shape[2:]) != want:
-                raise InputError(f"mask_inputs has spatial shape {tuple(mask_inputs.shape[2:])}, expected {want} "
-                                 "(4× the token grid).", "Pass the low_res_logits of the previous round.")
+        size = embeddings.input_size
+        if mask_inputs is not None and tuple(mask_inputs.shape[2:]) != tuple(size):
+            raise InputError(f"mask_inputs has spatial shape {tuple(mask_inputs.shape[2:])}, expected {tuple(size)} "
+                             "(the model input).", "Pass the low_res_logits of the previous round.")
         points = (point_coords, point_labels) if point_coords is not None else None
-        sparse, dense = self.prompt_encoder(grid_size=grid, batch_size=bsz, points=points, boxes=boxes,
-                                            masks=mask_inputs, class_ids=class_ids)
-        maps = render_prompt_maps(embeddings.input_size, batch_size=bsz, points=points, boxes=boxes,
-                                  device=embeddings.embeddings.device)
-        masks, iou = self.mask_decoder(
-            image_embeddings=embeddings.embeddings,
-            image_pe=self.prompt_encoder.get_dense_pe(grid).to(embeddings.embeddings.dtype),
-            sparse_prompt_embeddings=sparse.to(embeddings.embeddings.dtype),
-            dense_prompt_embeddings=dense.to(embeddings.embeddings.dtype),
-            skips=embeddings.skips,
-            prompt_maps=maps,
-            multimask_output=multimask_output,
-        )
-        low = F.adaptive_avg_pool3d(masks.float(), self.prompt_encoder.mask_input_size(grid))
-        return PromptSegOutput(masks=masks, iou_predictions=iou, low_res_logits=low)
+        device = embeddings.features[0].device
+        maps = render_prompt_maps(size, batch_size=bsz, points=points, boxes=boxes, mask_logits=mask_inputs,
+                                  sigma=float(self.config.click_sigma), device=device)
+        logits, quality = self.decoder(embeddings.features, maps, class_ids)
+        return PromptSegOutput(masks=logits, iou_predictions=quality, low_res_logits=logits)
+
+    def mask_input_size(self, input_size: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Spatial size ``mask_inputs`` must have for a model input of ``input_size``."""
+        return tuple(input_size)  # type: ignore[return-value]
 
     def forward(
         self,
@@ -285,7 +283,7 @@ class RadFMPromptSegmenter(PreTrainedModel):
         boxes: torch.Tensor | None = None,
         mask_inputs: torch.Tensor | None = None,
         class_ids: torch.Tensor | None = None,
-        multimask_output: bool = True,
+        multimask_output: bool = False,
     ) -> PromptSegOutput:
         """Embed and decode in one call (training); see :meth:`decode` for the prompts."""
         emb = self.get_image_embeddings(pixel_values, modality_ids)
@@ -305,29 +303,26 @@ class RadFMPromptSegmenter(PreTrainedModel):
         return model
 
     def class_id(self, name: str | None) -> int:
-        """Index of a class prompt by name (case-insensitive); -1 for ``None``; InputError if unknown."""
+        """Index of a class prompt by name (case-insensitive, ``_`` = space); -1 for ``None``."""
         if name is None:
             return -1
-        names = [c.lower() for c in self.config.class_names]
-        if name.lower() not in names:
+        norm = [c.lower().replace("_", " ") for c in self.config.class_names]
+        key = name.lower().replace("_", " ").strip()
+        if key not in norm:
             raise InputError(f"unknown structure name {name!r} for a class prompt.",
                              f"Known names: {', '.join(self.config.class_names) or 'none (this model has no class prompts)'}.")
-        return names.index(name.lower())
+        return norm.index(key)
 
     def save_pretrained(self, save_directory: str | Path, *, include_encoder: bool | None = None,
                         **kwargs: Any) -> None:
-        """``PreTrainedModel.save_pretrained`` + ``preprocess_plan.json``.
-
-        ``include_encoder=False`` (default when ``config.encoder_source != "included"``) drops the
-        encoder's weights from ``model.safetensors``.
-        """
+        """``PreTrainedModel.save_pretrained`` + ``preprocess_plan.json``; the encoder left out unless included."""
         if include_encoder is None:
             include_encoder = self.config.encoder_source == "included"
         source = self.config.encoder_source
         if not include_encoder:
             if "state_dict" not in kwargs:
                 kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
-            if source == "included":  # the folder must say that the encoder is not in it
+            if source == "included":
                 self.config.encoder_source = "external"
         elif source != "included":
             self.config.encoder_source = "included"
@@ -355,8 +350,8 @@ class RadFMPromptSegmenter(PreTrainedModel):
         finally:
             hf_logging.set_verbosity(level)
         source = model.config.encoder_source
-        if encoder is None and source == "starter":
-            encoder = _starter_encoder()
+        if encoder is None and source in ("starter", "starter-cnn"):
+            encoder = _starter_encoder("cnn" if source == "starter-cnn" else "vit")
         elif encoder is None and source == "external":
             raise ConfigError(f"{path} was saved without its encoder.",
                               "Pass encoder=RadFMEncoder.from_pretrained(DIR) (the encoder it was trained with).")
@@ -367,27 +362,25 @@ class RadFMPromptSegmenter(PreTrainedModel):
         return model.eval()
 
 
-def _starter_encoder() -> RadFMEncoder:
-    """The package's starter encoder (``radfm.starter``), or a ConfigError saying it is missing."""
+def _starter_encoder(kind: str) -> RadFMEncoder:
+    """A starter encoder of the package (``radfm.starter``), or a ConfigError saying it is missing."""
     try:
         from radfm.starter import starter_encoder_path  # type: ignore[attr-defined]
 
-        path = starter_encoder_path()
+        path = starter_encoder_path(kind)
     except (ImportError, AttributeError, FileNotFoundError) as exc:
         raise ConfigError("this segmentation model was saved without its encoder and the starter encoder "
                           "is not installed.", "Reinstall radfm (the wheel ships radfm/starter/encoder/) or "
                           "pass encoder=RadFMEncoder.from_pretrained(DIR).") from exc
-    return RadFMEncoder.from_pretrained(path)
+    return RadFMEncoder.from_pretrained(path, dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------- LoRA (peft via radfm.adapters)
-# The encoder-only adapter API of radfm.adapters.lora: LoRA factors on the shared encoder saved
-# apart (`adapter/`), the head kept in the model's own safetensors (no duplicate head copy).
 SEG_TASK = "prompt-segmentation"
 
 
 def attach_seg_lora(model: RadFMPromptSegmenter, spec: Any = None, *, train_head: bool = True) -> Any:
-    """Wrap ``model`` with peft LoRA on its encoder, the prompt encoder and mask decoder trainable."""
+    """Wrap ``model`` with peft LoRA on its encoder, the decoder trainable."""
     from radfm.adapters.lora import attach_encoder_lora
 
     return attach_encoder_lora(model, spec, trainable_modules=RadFMPromptSegmenter.head_modules if train_head else ())

@@ -39,10 +39,10 @@ def _key(model_dir: Path, adapter: Path | None) -> tuple[Any, ...]:
 def get_segmenter(model_dir: str | Path | None = None, *, adapter: str | Path | None = None) -> Any:
     """The segmenter of ``model_dir`` (default: the shipped one), loaded at most once per process.
 
-    Same arguments and errors as :func:`radfm.tasks.segmentation.predictor.load_segmenter`.
+    Same arguments and errors as :func:`radfm.tasks.segmentation.loading.load_segmenter`.
     Loading happens under a lock so concurrent first requests load the model once, not N times.
     """
-    from radfm.tasks.segmentation.predictor import default_model_dir, load_segmenter
+    from radfm.tasks.segmentation.loading import default_model_dir, load_segmenter
 
     folder = Path(model_dir if model_dir is not None else default_model_dir()).resolve()
     adapter_dir = Path(adapter).resolve() if adapter is not None else None

@@ -45,7 +45,7 @@ def result_payload(result: Any, volume: Any, *, return_mask: str = "nifti", stru
     ``dicom_seg_b64`` (``None`` for an empty mask: a SEG with no segment is not valid DICOM).
     """
     from radfm.io import save_like
-    from radfm.tasks.segmentation.predictor import mask_summary
+    from radfm.tasks.segmentation.files import mask_summary
 
     check_return_kind(return_mask, volume)
     mask = np.asarray(result.mask)

@@ -21,123 +21,29 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from radfm.adapters.lora import load_encoder_adapter
 from radfm.check import require_valid
-from radfm.data.patches import model_to_canonical
 from radfm.errors import ConfigError, InputError
 from radfm.io import check_inside, native_index_to_canonical, world_to_canonical_index
 from radfm.io.volume import Volume
 from radfm.models.encoder_config import MODALITY_IDS
 from radfm.preprocess.plan import PreparedInput, PreprocessPlan, apply_plan
 from radfm.tasks.segmentation.calibration import stability_score
+from radfm.tasks.segmentation.loading import load_calibration
 from radfm.tasks.segmentation.model import ImageEmbeddings, RadFMPromptSegmenter
+from radfm.tasks.segmentation.results import Prompts, SegResult
+from radfm.tasks.segmentation.window import logits_to_canonical, tile_weight
 
-__all__ = ["SegPredictor", "SegResult", "default_model_dir", "load_segmenter", "mask_summary", "segment_file"]
+__all__ = ["SegPredictor"]
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-ADAPTER_SUBDIR = "adapter"
-CALIBRATION_FILENAME = "calibration.json"
 _MAX_CACHED_WINDOWS = 4
-
-
-def default_model_dir() -> Path:
-    """The model shipped inside the package (``radfm/tasks/segmentation/weights``)."""
-    return WEIGHTS_DIR
-
-
-def load_segmenter(model_dir: str | Path | None = None, *, adapter: str | Path | None = None,
-                   ) -> RadFMPromptSegmenter:
-    """Load a saved segmenter (default: the shipped one), with its LoRA adapter when it has one.
-
-    ``adapter`` overrides the adapter folder (default ``MODEL_DIR/adapter`` if present). Raises
-    ConfigError naming the missing file when the folder is not a radfm segmentation model.
-    """
-    path = Path(model_dir) if model_dir is not None else default_model_dir()
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{path} is not a radfm segmentation model (no config.json).",
-                          "Pass --model DIR pointing to a folder written by save_pretrained, or leave it out "
-                          "to use the model shipped with radfm.")
-    model = RadFMPromptSegmenter.from_pretrained(path)
-    adapter_dir = Path(adapter) if adapter is not None else path / ADAPTER_SUBDIR
-    if adapter is not None and not adapter_dir.is_dir():
-        raise ConfigError(f"adapter folder {adapter_dir} does not exist.", "Pass the folder written by save_adapter.")
-    if adapter_dir.is_dir():
-        model = load_encoder_adapter(model, adapter_dir)
-    if model.preprocess_plan is None:
-        raise ConfigError(f"{path} has no preprocess_plan.json.", "Re-save the model with its plan.")
-    return model.eval()
-
-
-@dataclass
-class SegResult:
-    """One prediction, mapped back onto the volume's canonical grid.
-
-    Attributes:
-        mask: ``(X, Y, Z)`` uint8 canonical mask (1 = object) on the volume's grid.
-        score: predicted IoU of the chosen candidate (the model's own confidence, 0–1).
-        candidate_scores: ``(M,)`` predicted IoU of every candidate.
-        best_index: index of the chosen candidate.
-        low_res_logits: ``(1, 1, 4gd, 4gh, 4gw)`` logits of the chosen mask, to pass back as
-            ``mask_input`` in the next round (``None`` after a sliding-window box).
-        stability: stability score of the chosen mask at the calibration's logit offset
-            (see ``calibration.stability_score``).
-        expected_dice: calibrated expected Dice from ``score`` / ``stability`` (``None`` without calibration).
-        low_confidence: ``expected_dice`` below the calibration's threshold.
-        window: model-input window ``((z0, z1), (y0, y1), (x0, x1))`` the logits belong to.
-    """
-
-    mask: np.ndarray
-    score: float
-    candidate_scores: np.ndarray
-    best_index: int
-    low_res_logits: torch.Tensor | None
-    expected_dice: float | None = None
-    low_confidence: bool = False
-    stability: float | None = None
-    window: tuple[tuple[int, int], ...] | None = None
-    _candidate_logits: torch.Tensor | None = field(default=None, repr=False)
-    _to_canonical: Any = field(default=None, repr=False)
-
-    @property
-    def num_candidates(self) -> int:
-        return int(self.candidate_scores.shape[0])
-
-    def candidate(self, index: int) -> np.ndarray:
-        """``(X, Y, Z)`` uint8 canonical mask of candidate ``index`` (computed on demand: memory)."""
-        if self._candidate_logits is None:
-            if index == self.best_index:
-                return self.mask
-            raise InputError("this result kept only its chosen mask (sliding-window box).")
-        return self._to_canonical(self._candidate_logits[index])
-
-    @property
-    def candidates(self) -> list[np.ndarray]:
-        """All candidate masks, canonical ``(X, Y, Z)`` uint8 each."""
-        return [self.candidate(i) for i in range(self.num_candidates)]
-
-
-@dataclass
-class _Prompts:
-    """Prompts converted to continuous model-input voxel coordinates (z, y, x), whole resampled grid."""
-
-    points: np.ndarray | None  # (N, 3)
-    labels: np.ndarray | None  # (N,)
-    box: np.ndarray | None  # (6,) inclusive (z0, y0, x0, z1, y1, x1)
-    class_id: int = -1
-
-    def extent(self) -> tuple[np.ndarray, np.ndarray]:
-        pts = [p for p in (self.points, None if self.box is None else self.box.reshape(2, 3)) if p is not None]
-        allp = np.concatenate(pts, axis=0)
-        return allp.min(axis=0), allp.max(axis=0)
 
 
 class SegPredictor:
@@ -166,12 +72,13 @@ class SegPredictor:
         if self.plan is None:
             raise ConfigError("the segmenter has no preprocessing plan.", "Pass plan=PreprocessPlan(...).")
         if tuple(self.plan.pad_multiple) != tuple(model.patch_size):
-            # The window is cut from the padded grid, which must be a multiple of the patch.
-            self.plan.pad_multiple = tuple(model.patch_size)
+            # The window is cut from the padded grid, which must be a multiple of the encoder stride;
+            # a copy, so the model's own plan is never changed.
+            self.plan = replace(self.plan, pad_multiple=tuple(model.patch_size))
         if dtype not in ("fp32", "bf16"):
             raise ConfigError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}.")
         self.dtype = dtype
-        self.calibration = calibration if calibration is not None else _load_calibration(model)
+        self.calibration = calibration if calibration is not None else load_calibration(model)
         self.volume: Volume | None = None
         self._prepared: PreparedInput | None = None
         self._cache: OrderedDict[tuple[int, ...], ImageEmbeddings] = OrderedDict()
@@ -215,7 +122,7 @@ class SegPredictor:
     def window_for(self, model_points: np.ndarray) -> tuple[tuple[int, int], ...]:
         """The model-grid window ``((z0, z1), (y0, y1), (x0, x1))`` ``predict`` would embed for these points."""
         pts = np.asarray(model_points, float).reshape(-1, 3)
-        return self._select_window(_Prompts(points=pts, labels=np.ones(len(pts), int), box=None))
+        return self._select_window(Prompts(points=pts, labels=np.ones(len(pts), int), box=None))
 
     def logits_to_canonical(self, logits: torch.Tensor, window: tuple[tuple[int, int], ...]) -> np.ndarray:
         """``(d, h, w)`` logits on a window → ``(X, Y, Z)`` uint8 mask on the volume's grid (``> 0``)."""
@@ -298,7 +205,7 @@ class SegPredictor:
             return canon
         raise InputError(f"coords must be 'voxel' or 'world', got {coords!r}.")
 
-    def _prompts(self, points: Any, labels: Any, box: Any, coords: str, class_name: str | None) -> _Prompts:
+    def _prompts(self, points: Any, labels: Any, box: Any, coords: str, class_name: str | None) -> Prompts:
         pts = lab = bx = None
         if points is not None and np.size(points) > 0:
             canon = self._convert_points(points, coords, "point")
@@ -336,7 +243,7 @@ class SegPredictor:
         if pts is None and bx is None and cid < 0:
             raise InputError("empty prompt: no point, box or structure name was given.",
                              "Give at least one click (--point i,j,k) or a box (--box i0,j0,k0,i1,j1,k1).")
-        return _Prompts(points=pts, labels=lab, box=bx, class_id=cid)
+        return Prompts(points=pts, labels=lab, box=bx, class_id=cid)
 
     # --- windows -----------------------------------------------------------------------------
     def _window_around(self, lo: np.ndarray, hi: np.ndarray) -> tuple[tuple[int, int], ...]:
@@ -352,7 +259,7 @@ class SegPredictor:
             out.append((start, start + w))
         return tuple(out)
 
-    def _select_window(self, prompts: _Prompts) -> tuple[tuple[int, int], ...]:
+    def _select_window(self, prompts: Prompts) -> tuple[tuple[int, int], ...]:
         lo, hi = prompts.extent() if (prompts.points is not None or prompts.box is not None) else (
             np.zeros(3), np.asarray(self._padded_shape(), float) - 1)
         full = self._full_window()
@@ -393,8 +300,8 @@ class SegPredictor:
             labels: ``(N,)`` 1 = foreground (default), 0 = background.
             box: ``(6,)`` two opposite corners ``(i0, j0, k0, i1, j1, k1)`` (inclusive voxels or mm).
             mask_input: the previous round's :class:`SegResult` (or its ``low_res_logits``).
-            multimask: return three candidates and choose the best by predicted IoU (best for one
-                ambiguous click); SAM's advice: ``False`` once there are several clicks or a box.
+            multimask: accepted for segment-anything compatibility; the decoder returns one mask
+                (an ambiguous click is resolved by the next click, which costs one decoder pass).
             class_name: name of a known structure (``model.config.class_names``) as an extra prompt.
         Returns:
             :class:`SegResult` on the volume's canonical grid.
@@ -405,10 +312,15 @@ class SegPredictor:
         if self._prepared is None or self.volume is None:
             raise InputError("no volume set.", "Call set_volume(volume) first.")
         prompts = self._prompts(points, labels, box, coords, class_name)
-        if prompts.box is not None and prompts.points is None:
-            box_size = prompts.box[3:] - prompts.box[:3] + 1
-            if any(b > w for b, w, s in zip(box_size, self.model.config.window_size, self._padded_shape()) if s > w):
-                return self._predict_sliding_box(prompts)
+        if prompts.points is None:
+            if prompts.box is None:  # a class name alone: the whole volume, tiled when it exceeds a window
+                if self._full_window() is None:
+                    return self._predict_sliding_box(prompts)
+            else:
+                box_size = prompts.box[3:] - prompts.box[:3] + 1
+                if any(b > w for b, w, s in zip(box_size, self.model.config.window_size, self._padded_shape())
+                       if s > w):
+                    return self._predict_sliding_box(prompts)
         window = self._select_window(prompts)
         if window != self._window:
             log.info("embedding window %s (model voxels)", window)
@@ -441,7 +353,7 @@ class SegPredictor:
         t = torch.as_tensor(mask_input).float()
         while t.ndim < 5:
             t = t[None]
-        want = self.model.prompt_encoder.mask_input_size(emb.grid_size)
+        want = self.model.mask_input_size(emb.input_size)
         if tuple(t.shape[2:]) != want:
             raise InputError(f"mask_input has shape {tuple(t.shape[2:])}, expected {want}.",
                              "Pass the previous SegResult (or its low_res_logits) of this volume.")
@@ -450,8 +362,8 @@ class SegPredictor:
     def _shift_mask(self, low: torch.Tensor, old: tuple[tuple[int, int], ...], new: tuple[tuple[int, int], ...],
                     emb: ImageEmbeddings) -> torch.Tensor:
         """Previous low-res logits re-cut for a new window: the overlap is copied, the rest is background."""
-        want = self.model.prompt_encoder.mask_input_size(emb.grid_size)
-        per_voxel = [4.0 / p for p in self.model.patch_size]  # low-res voxels per model voxel
+        want = self.model.mask_input_size(emb.input_size)
+        per_voxel = [1.0, 1.0, 1.0]  # mask-input voxels per model voxel
         out = torch.full((1, 1, *want), min(float(low.min()), -1.0))
         src, dst = [], []
         for a in range(3):
@@ -466,7 +378,7 @@ class SegPredictor:
         log.info("prompts moved the window from %s to %s; the previous mask was moved with it", old, new)
         return out
 
-    def _decode(self, emb: ImageEmbeddings, prompts: _Prompts, window: tuple[tuple[int, int], ...],
+    def _decode(self, emb: ImageEmbeddings, prompts: Prompts, window: tuple[tuple[int, int], ...],
                 mask_t: torch.Tensor | None, multimask: bool) -> Any:
         off = np.array([s for s, _ in window], float)
         kw: dict[str, Any] = {}
@@ -502,13 +414,15 @@ class SegPredictor:
                          _candidate_logits=candidate_logits, _to_canonical=to_canonical)
 
     # --- sliding window for big boxes ---------------------------------------------------------
-    def _predict_sliding_box(self, prompts: _Prompts) -> SegResult:
-        """Tile a box larger than the window; blend the single-mask logits of every tile."""
-        assert prompts.box is not None
+    def _predict_sliding_box(self, prompts: Prompts) -> SegResult:
+        """Tile a box (or, for a class name alone, the volume) larger than the window; blend the logits."""
         shape = self._padded_shape()
         wsize = self.model.config.window_size
-        lo = np.floor(prompts.box[:3]).astype(int)
-        hi = np.ceil(prompts.box[3:]).astype(int) + 1
+        if prompts.box is not None:
+            lo = np.floor(prompts.box[:3]).astype(int)
+            hi = np.ceil(prompts.box[3:]).astype(int) + 1
+        else:
+            lo, hi = np.zeros(3, int), np.asarray(shape, int)
         region = [(max(int(lo[a]) - 4, 0), min(int(hi[a]) + 4, shape[a])) for a in range(3)]
         starts = []
         for a in range(3):
@@ -530,7 +444,7 @@ class SegPredictor:
                     window = tuple((s, s + min(wsize[a], shape[a])) for a, s in enumerate((sz, sy, sx)))
                     emb = self._embedding(window)
                     out = self._decode(emb, prompts, window, None, multimask=False)
-                    weight = _tile_weight([e - s for s, e in window])
+                    weight = tile_weight([e - s for s, e in window])
                     sl = tuple(slice(s - sp[0], e - sp[0]) for (s, e), sp in zip(window, span))
                     acc[sl] += out.masks[0, 0].float() * weight
                     wsum[sl] += weight
@@ -544,147 +458,6 @@ class SegPredictor:
 
     # --- back to the volume's grid ------------------------------------------------------------
     def _logits_to_canonical(self, logits: torch.Tensor, window: tuple[tuple[int, int], ...]) -> np.ndarray:
-        """``(d, h, w)`` logits on a model window → ``(X, Y, Z)`` uint8 canonical mask (zeros outside).
-
-        Only the canonical voxels whose centres fall inside the window are resampled (separable
-        linear interpolation, the same as ``restore_to_input``'s trilinear), so memory follows the
-        window, not the volume.
-        """
+        """``(d, h, w)`` logits on a model window → ``(X, Y, Z)`` uint8 canonical mask (see ``window``)."""
         assert self._prepared is not None
-        canon_zyx = self._prepared.canonical_shape[::-1]
-        res = self._prepared.resampled_shape
-        out = np.zeros(self._prepared.canonical_shape, dtype=np.uint8)
-        mats, slices = [], []
-        for a in range(3):
-            s, e = window[a]
-            e = min(e, res[a])  # the padding beyond the resampled grid is not image
-            scale = res[a] / canon_zyx[a]
-            # canonical c maps to model (c + 0.5) * scale - 0.5; keep those inside [s - 0.5, e - 0.5].
-            c0 = max(int(np.ceil((s - 0.5 + 0.5) / scale - 0.5)), 0) if s > 0 else 0
-            c1 = min(int(np.floor((e - 0.5 + 0.5) / scale - 0.5)) + 1, canon_zyx[a]) if e < res[a] else canon_zyx[a]
-            if c1 <= c0:
-                return out
-            m = (np.arange(c0, c1) + 0.5) * scale - 0.5 - s
-            mats.append(torch.from_numpy(_linear_weights(m, e - s)))
-            slices.append(slice(c0, c1))
-        x = logits[: window[0][1] - window[0][0], : window[1][1] - window[1][0], : window[2][1] - window[2][0]]
-        x = x[: mats[0].shape[1], : mats[1].shape[1], : mats[2].shape[1]].float()
-        x = torch.einsum("zd,dhw->zhw", mats[0], x)
-        x = torch.einsum("yh,zhw->zyw", mats[1], x)
-        x = torch.einsum("xw,zyw->zyx", mats[2], x)
-        sub = model_to_canonical((x > 0).to(torch.uint8).numpy())
-        out[slices[2], slices[1], slices[0]] = sub
-        return out
-
-
-def _linear_weights(positions: np.ndarray, n: int) -> np.ndarray:
-    """``(len(positions), n)`` linear-interpolation weights at continuous positions (clamped at the ends)."""
-    p = np.clip(positions, 0.0, n - 1.0)
-    i0 = np.floor(p).astype(int)
-    i1 = np.minimum(i0 + 1, n - 1)
-    f = (p - i0).astype(np.float32)
-    w = np.zeros((len(p), n), dtype=np.float32)
-    rows = np.arange(len(p))
-    np.add.at(w, (rows, i0), 1.0 - f)
-    np.add.at(w, (rows, i1), f)
-    return w
-
-
-def _tile_weight(size: Sequence[int]) -> torch.Tensor:
-    """Separable weights falling linearly to 1/8 at tile borders, so seams blend."""
-    axes = []
-    for n in size:
-        t = (torch.arange(n, dtype=torch.float32) + 0.5) / n
-        axes.append(0.125 + 0.875 * (1.0 - (2.0 * t - 1.0).abs()))
-    return axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-
-
-def _load_calibration(model: RadFMPromptSegmenter) -> Any:
-    path = getattr(model, "name_or_path", "") or ""
-    if not path:
-        return None
-    file = Path(path) / CALIBRATION_FILENAME
-    if not file.is_file():
-        return None
-    from radfm.tasks.segmentation.calibration import Calibration
-
-    return Calibration.load(file)
-
-
-# ----------------------------------------------------------------------------- one call from a file
-def mask_summary(mask: np.ndarray, volume: Volume) -> dict[str, Any]:
-    """Volume (ml) and bounding box of a canonical mask, in native voxel indices and world RAS+ mm."""
-    from radfm.io import canonical_index_to_native, canonical_index_to_world
-
-    n = int(np.count_nonzero(mask))
-    voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
-    out: dict[str, Any] = {"voxels": n, "volume_ml": round(n * voxel_ml, 4)}
-    if n == 0:
-        out.update({"bbox_voxel": None, "bbox_mm": None})
-        return out
-    idx = np.argwhere(mask)
-    lo, hi = idx.min(0), idx.max(0)
-    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
-    native = canonical_index_to_native(corners, volume)
-    world = canonical_index_to_world(corners, volume)
-    out["bbox_voxel"] = {"min": np.rint(native.min(0)).astype(int).tolist(), "max": np.rint(native.max(0)).astype(int).tolist(),
-                         "space": "native voxel indices (i, j, k) of the file as stored"}
-    out["bbox_mm"] = {"min": np.round(world.min(0), 2).tolist(), "max": np.round(world.max(0), 2).tolist(),
-                      "space": "world RAS+ mm of voxel centres"}
-    return out
-
-
-def segment_file(image: str | Path, *, out: str | Path, points: Sequence[Sequence[float]] = (),
-                 labels: Sequence[int] = (), points_mm: Sequence[Sequence[float]] = (), labels_mm: Sequence[int] = (),
-                 box: Sequence[float] | None = None, model_dir: str | Path | None = None,
-                 adapter: str | Path | None = None, dicom_seg: str | Path | None = None,
-                 modality: str | None = None, series: int | None = None, structure: str | None = None,
-                 dtype: Literal["fp32", "bf16"] = "fp32") -> dict[str, Any]:
-    """Segment one object in an image file from clicks/box and write the mask in the input's own space.
-
-    ``points`` / ``box`` are native voxel indices of the file as stored; ``points_mm`` world RAS+ mm.
-    Both kinds of clicks may be mixed; each is converted through ``radfm.io.coords``. Returns the
-    summary that ``radfm segment --json`` prints (no patient data).
-    """
-    import time
-
-    from radfm.io import load_volume, save_like
-
-    t0 = time.perf_counter()
-    volume = load_volume(image, modality=modality, series=series)
-    if series is not None:
-        volume.meta["series_index"] = series
-    model = load_segmenter(model_dir, adapter=adapter)
-    predictor = SegPredictor(model, dtype=dtype)
-    predictor.set_volume(volume)
-    canon: list[np.ndarray] = []
-    if len(points):
-        canon.append(predictor._convert_points(points, "voxel", "point"))
-    if len(points_mm):
-        canon.append(predictor._convert_points(points_mm, "world", "point"))
-    all_labels = [*labels, *labels_mm]
-    native_pts = None
-    if canon:
-        from radfm.io import canonical_index_to_native
-
-        native_pts = canonical_index_to_native(np.concatenate(canon), volume)
-    n_clicks = 0 if native_pts is None else len(native_pts)
-    result = predictor.predict(points=native_pts, labels=all_labels or None, box=box, coords="voxel",
-                               multimask=n_clicks <= 1 and box is None, class_name=structure)
-    written = save_like(result.mask, volume, out, dtype=np.uint8)
-    summary: dict[str, Any] = {
-        "mask": str(written), "score": round(result.score, 4),
-        "expected_dice": None if result.expected_dice is None else round(result.expected_dice, 4),
-        "stability": None if result.stability is None else round(result.stability, 4),
-        "low_confidence": result.low_confidence, **mask_summary(result.mask, volume),
-        "prompts": {"points_voxel": [list(map(float, p)) for p in points], "points_mm": [list(map(float, p)) for p in points_mm],
-                    "labels": [int(v) for v in all_labels], "box_voxel": None if box is None else [float(v) for v in box],
-                    "structure": structure},
-        "model": str(model_dir or default_model_dir()), "dtype": dtype, "seconds": round(time.perf_counter() - t0, 3),
-    }
-    if dicom_seg is not None:
-        from radfm.tasks.segmentation.dicom_seg import write_dicom_seg
-
-        summary["dicom_seg"] = str(write_dicom_seg(result.mask, volume, dicom_seg,
-                                                   segment_labels=[structure or "segmented object"]))
-    return summary
+        return logits_to_canonical(self._prepared, logits, window)

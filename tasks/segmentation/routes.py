@@ -120,9 +120,10 @@ def routes(state: Any) -> APIRouter:
     ) -> dict[str, Any]:
         from radfm.io import load_volume
         from radfm.serve.uploads import discard_upload, save_upload_to_tmp
+        from radfm.tasks.segmentation.loading import default_model_dir
         from radfm.tasks.segmentation.model_cache import get_segmenter
         from radfm.tasks.segmentation.payload import check_return_kind, result_payload
-        from radfm.tasks.segmentation.predictor import SegPredictor, default_model_dir
+        from radfm.tasks.segmentation.predictor import SegPredictor
 
         t0 = time.perf_counter()
         pts, labels = parse_points(points, "points")

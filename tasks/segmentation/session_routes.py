@@ -117,8 +117,9 @@ def session_router(state: Any) -> APIRouter:
         file: UploadFile = File(...),  # noqa: B008 - FastAPI's dependency style
         modality: str | None = Form(None),
     ) -> dict[str, Any]:
+        from radfm.tasks.segmentation.loading import default_model_dir
         from radfm.tasks.segmentation.model_cache import get_segmenter
-        from radfm.tasks.segmentation.predictor import SegPredictor, default_model_dir
+        from radfm.tasks.segmentation.predictor import SegPredictor
         from radfm.tasks.segmentation.routes import check_modality, model_dir_of
 
         check_modality(modality)

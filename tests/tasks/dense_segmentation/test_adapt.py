@@ -150,7 +150,7 @@ def test_segment_volume_is_registered_for_radfm_segment(encoder_dir, phantoms, t
 
     # End to end through the other task: `radfm segment scan --adapter DIR --structure liver`.
     from radfm.io import load_volume, save_volume
-    from radfm.tasks.segmentation.predictor import segment_file
+    from radfm.tasks.segmentation.files import segment_file
 
     save_volume(phantoms[3].image, tmp_path / "scan.nii.gz")
     summary = segment_file(tmp_path / "scan.nii.gz", out=tmp_path / "liver.nii.gz", adapter=tmp_path / "a",

@@ -13,16 +13,15 @@ from radfm.preprocess.plan import PreprocessPlan
 from radfm.tasks.segmentation.model import RadFMPromptSegmenter
 
 
-def tiny_model(*, window: int = 32, patch: int = 8, seed: int = 0, class_names: tuple[str, ...] = ("liver",),
+def tiny_model(*, window: int = 32, seed: int = 0, class_names: tuple[str, ...] = ("liver",),
                spacing: float | None = 2.0) -> RadFMPromptSegmenter:
-    """Random tiny segmenter (encoder hidden 32, 2 layers), with a plan at ``spacing`` mm."""
+    """Random tiny segmenter (a 4-stage CNN, stride 8), with a plan at ``spacing`` mm."""
     torch.manual_seed(seed)
-    enc = RadFMEncoder(RadFMEncoderConfig.from_preset("tiny", hidden_size=32, num_layers=2, num_heads=2,
-                                                      patch_size=(patch,) * 3))
-    model = RadFMPromptSegmenter.from_encoder(enc, window_size=[window] * 3, decoder_dim=32, decoder_heads=2,
-                                              decoder_mlp_dim=64, class_names=list(class_names))
+    enc = RadFMEncoder(RadFMEncoderConfig.from_preset("cnn-tiny", cnn_channels=(8, 12, 16, 24),
+                                                      cnn_blocks=(1, 1, 1, 1)))
+    model = RadFMPromptSegmenter.from_encoder(enc, window_size=[window] * 3, class_names=list(class_names))
     model.preprocess_plan = PreprocessPlan(target_spacing=None if spacing is None else (spacing,) * 3,
-                                           normalization="percentile", pad_multiple=(patch,) * 3)
+                                           normalization="percentile", pad_multiple=(8,) * 3)
     return model.eval()
 
 

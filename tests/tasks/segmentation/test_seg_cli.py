@@ -94,3 +94,36 @@ def test_missing_model_folder_is_a_config_error(nifti: Path, tmp_path: Path,
     rc = main(["segment", str(nifti), "--point", "1,1,1", "--out", str(tmp_path / "m.nii.gz"),
                "--model", str(tmp_path / "nope")])
     assert rc == 2 and "not a radfm segmentation model" in " ".join(capsys.readouterr().err.split())
+
+
+def test_unknown_structure_name_lists_the_known_ones(nifti: Path, tmp_model_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["segment", str(nifti), "--structure", "pancreatic duct", "--out", str(tmp_path / "m.nii.gz"),
+               "--model", str(tmp_model_dir)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and "unknown structure name 'pancreatic duct'" in err and "liver" in err
+
+
+def test_an_empty_mask_is_said_and_exits_non_zero_unless_allowed(tmp_path: Path, nifti: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from segtest_utils import tiny_model
+
+    model = tiny_model()
+    with torch.no_grad():
+        model.decoder.head.bias.fill_(-1e4)  # every voxel background: the mask comes back empty
+    model.save_pretrained(tmp_path / "empty_model")
+    args = ["segment", str(nifti), "--point", "14,13,15", "--out", str(tmp_path / "m.nii.gz"),
+            "--model", str(tmp_path / "empty_model"), "--json"]
+    assert main(args) == 3
+    captured = capsys.readouterr()
+    assert "EMPTY" in captured.err and json.loads(captured.out)["empty"] is True
+    assert main([*args, "--allow-empty"]) == 0
+
+
+def test_dicom_seg_on_a_nifti_fails_before_the_model_runs(nifti: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["segment", str(nifti), "--point", "14,13,15", "--out", str(tmp_path / "m.nii.gz"),
+               "--dicom-seg", str(tmp_path / "s.dcm"), "--model", str(tmp_path / "no_model_needed")])
+    assert rc == 2 and "needs a DICOM series" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "m.nii.gz").exists()

@@ -1,15 +1,15 @@
-"""Learning test: a small prompt segmenter trained on SIMULATED phantoms segments held-out phantoms.
+"""Learning test: a small prompt segmenter trained in CI follows image borders, which no ball can.
 
-Setup (deterministic, one thread): 10 training phantoms and 3 held-out ones (CT and MR, torso and
-head, half-size fields of view) resampled to 6 mm; a tiny encoder (hidden 48, 2 blocks, 8³ patches)
-and decoder (width 64); 120 steps of simulated interaction (batch 2, 32³ crops, ≤ 2 corrective
-rounds, AdamW 2e-3). Evaluation: 9 held-out objects (3 crops per case), Dice after 1 and 3 clicks
-with the benchmark's click protocol.
+Setup (deterministic): SIMULATED textured backgrounds (multi-scale smooth noise and a gradient) with
+one inserted shape each (cubes, tori, L-shapes, tubes, blobs, shells at random sizes, poses and
+contrasts: ``radfm.tasks.segmentation.data.insert_shape``), a 4-stage "cnn-tiny"-sized encoder and
+the prompt decoder, 300 steps of simulated interaction on 32³ crops. Held out: 12 new backgrounds
+and shapes (other seeds).
 
-Measured on the 2-core dev machine (2026-11-24): untrained Dice@1 0.05; after these 120 steps
-Dice@1 0.36 and Dice@3 0.45 (150 steps: 0.34 / 0.47). Bars, with margin for float/thread
-differences: Dice@1 ≥ 0.20 (4× the untrained model) and Dice@3 ≥ Dice@1 + 0.03 (the second and
-third clicks help). About 40 s on an idle 2-core CPU (2 min when the machine is shared).
+Bars, stated before the run: Dice@1 ≥ the click-ball oracle + 0.15 (the union of balls at the radius
+that is best on these very test objects), the training loss falls, and the same click on an
+intensity-matched noise volume gives another mask (Dice ≤ 0.3 to the mask on the image). Measured
+on the dev machine (2 threads, 2026-12-07): see the print in the test log.
 """
 
 from __future__ import annotations
@@ -18,30 +18,60 @@ import numpy as np
 import pytest
 import torch
 
+from radfm.metrics import dice_score
 from radfm.models.encoder import RadFMEncoder
 from radfm.models.encoder_config import RadFMEncoderConfig
-from radfm.preprocess.plan import PreprocessPlan
-from radfm.tasks.segmentation.train import TrainConfig, build_model, evaluate_clicks, phantom_cases, train
+from radfm.tasks.segmentation.cases import TrainCase
+from radfm.tasks.segmentation.data import insert_shape, textured_background
+from radfm.tasks.segmentation.evaluate import click_ball_dice, evaluate_clicks
+from radfm.tasks.segmentation.sampling import Pools
+from radfm.tasks.segmentation.train import TrainConfig, build_model, train
 
-DICE1_BAR = 0.20
-GAIN3_BAR = 0.03
+MARGIN = 0.15
+
+
+def _held_out(n: int, seed: int) -> list[tuple[TrainCase, torch.Tensor, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img, mask = insert_shape(textured_background((32, 32, 32), rng), rng, size_range=(10, 18))
+        if mask.sum() < 40:
+            continue
+        case = TrainCase(image=img, labels=mask.astype(np.int16), targets={1: "shape"}, modality_id=0,
+                         spacing=(2.0, 2.0, 2.0), case_id=f"held{i}")
+        out.append((case, img, mask))
+    return out
 
 
 @pytest.mark.slow
-def test_small_model_learns_to_segment_from_clicks() -> None:
-    torch.set_num_threads(1)
-    plan = PreprocessPlan(target_spacing=(6.0, 6.0, 6.0), normalization="percentile", pad_multiple=(8, 8, 8))
-    cases = phantom_cases(10, plan, seed=0, size_scale=0.5)
-    held = phantom_cases(3, plan, seed=99, size_scale=0.5)
+def test_small_model_follows_borders_and_beats_the_click_ball_oracle() -> None:
+    torch.set_num_threads(2)
     torch.manual_seed(0)
-    enc = RadFMEncoder(RadFMEncoderConfig.from_preset("tiny", hidden_size=48, num_layers=2, num_heads=3,
-                                                      patch_size=(8, 8, 8)))
-    model = build_model(enc, window=(32, 32, 32), decoder_dim=64, decoder_heads=4, decoder_mlp_dim=128)
-    cfg = TrainConfig(steps=120, batch_size=2, crop_sizes=((32, 32, 32),), max_rounds=2, lr=2e-3, warmup=10, seed=0)
-    result = train(model, cases, cfg, progress=False)
-    assert np.mean(result["loss"][-10:]) < np.mean(result["loss"][:10])
-    ev = evaluate_clicks(model, held, n_clicks=3, per_case=3, crop=(32, 32, 32))
+    enc = RadFMEncoder(RadFMEncoderConfig.from_preset("cnn-tiny", cnn_channels=(8, 16, 24, 32), cnn_blocks=(1, 1, 1, 1)))
+    model = build_model(enc, window=(32, 32, 32))
+    cfg = TrainConfig(steps=300, batch_size=4, crop_size=(32, 32, 32), lr=3e-3, warmup=10, seed=0,
+                      mix={"shape": 1.0}, crop_zoom=(1.0, 1.0), p_class=0.0, max_rounds=1)
+    result = train(model, Pools(), cfg, progress=False)
+    assert np.mean(result["loss"][-30:]) < 0.6 * np.mean(result["loss"][:30])
+    objects = _held_out(14, seed=123)
+    ev = evaluate_clicks(model, objects, n_clicks=3)
     d1, d3 = ev["dice"][:, 0].mean(), ev["dice"][:, 2].mean()
-    print(f"held-out Dice@1 {d1:.3f}, Dice@3 {d3:.3f} over {len(ev['dice'])} objects")
-    assert d1 >= DICE1_BAR
-    assert d3 >= d1 + GAIN3_BAR
+    ball1, radius = click_ball_dice(objects, n_clicks=1)
+    # the same first click on an intensity-matched noise volume
+    rng = np.random.default_rng(0)
+    same = []
+    with torch.no_grad():
+        for _case, img, mask in objects:
+            from scipy import ndimage
+
+            click = np.unravel_index(int(np.argmax(ndimage.distance_transform_edt(mask))), mask.shape)
+            kw = {"point_coords": torch.tensor([[list(map(float, click))]]), "point_labels": torch.tensor([[1]])}
+            noise = torch.from_numpy(rng.permutation(img.numpy().ravel()).reshape(img.shape))
+            a = model(img[None], **kw).masks[0, 0] > 0
+            b = model(noise[None].float(), **kw).masks[0, 0] > 0
+            same.append(dice_score(a.numpy(), b.numpy()))
+    print(f"held-out Dice@1 {d1:.3f}, Dice@3 {d3:.3f} over {len(objects)} shapes; oracle ball {ball1:.3f} "
+          f"(r = {radius} mm); image-vs-noise mask Dice {np.mean(same):.3f}")
+    assert d1 >= ball1 + MARGIN
+    assert d3 >= d1 - 0.02
+    assert np.mean(same) <= 0.3

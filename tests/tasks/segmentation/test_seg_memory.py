@@ -25,7 +25,7 @@ BOUND_MIB = 1536
 _CHILD = r"""
 import json, resource, sys
 import radfm
-from radfm.tasks.segmentation.predictor import segment_file
+from radfm.tasks.segmentation.files import segment_file
 s = segment_file(sys.argv[1], out=sys.argv[2], points=[[128.0, 120.0, 100.0]], labels=[1], model_dir=sys.argv[3])
 print(json.dumps({"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "voxels": s["voxels"]}))
 """

@@ -38,7 +38,7 @@ def test_embedding_is_computed_once_for_many_prompts() -> None:
     r2 = predictor.predict(points=[[15, 14, 13], [2, 2, 2]], labels=[1, 0], mask_input=r1, multimask=False)
     assert calls[0] == 1  # set_volume once, predict twice: the encoder ran once
     assert r1.mask.shape == volume.shape and r1.mask.dtype == np.uint8
-    assert r1.num_candidates == 3 and r2.num_candidates == 1
+    assert r1.num_candidates == 1 and r2.num_candidates == 1  # one mask per prompt set
     assert 0.0 <= r1.score <= 1.0
     assert r1.low_res_logits is not None and r1.low_res_logits.shape[:2] == (1, 1)
     assert all(c.shape == volume.shape for c in r1.candidates)
@@ -146,7 +146,7 @@ def test_previous_mask_moves_with_the_window() -> None:
     r1 = predictor.predict(points=[[60, 15, 15]])
     new = ((0, 32), (0, 32), (30, 62))
     shifted = predictor._shift_mask(r1.low_res_logits, r1.window, new, predictor._embedding(new))
-    dx = (r1.window[2][0] - 30) // 2  # low-res voxels are 2 model voxels (patch 8 / 4)
+    dx = r1.window[2][0] - 30  # the previous mask is kept at full model resolution
     assert shifted.shape == r1.low_res_logits.shape
     torch.testing.assert_close(shifted[..., dx:], r1.low_res_logits[..., : shifted.shape[-1] - dx])
     r2 = predictor.predict(points=[[60, 15, 15], [5, 15, 15]], labels=[1, 0], mask_input=r1, multimask=False)

@@ -280,7 +280,7 @@ def test_dicom_series_session_answers_a_dicom_seg_and_deletes_its_files(model_di
 
 # ------------------------------------------------------------------------------------ model cache
 def test_segment_route_loads_the_model_once_per_process(tmp_path, monkeypatch) -> None:
-    import radfm.tasks.segmentation.predictor as predictor_mod
+    import radfm.tasks.segmentation.loading as predictor_mod
 
     clear_segmenters()
     loads = []

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from radfm.tasks.segmentation.predictor import default_model_dir
+from radfm.tasks.segmentation.loading import default_model_dir
 
 WEIGHTS = default_model_dir()
 pytestmark = pytest.mark.skipif(not (WEIGHTS / "config.json").is_file(), reason="shipped weights not built yet")
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not (WEIGHTS / "config.json").is_file(), reason=
 def test_shipped_weights_are_small_and_documented() -> None:
     files = [p for p in WEIGHTS.rglob("*") if p.is_file()]
     total = sum(p.stat().st_size for p in files)
-    assert total <= 4 * 1024 * 1024, f"{total / 2**20:.2f} MiB shipped"
+    assert total <= 8 * 1024 * 1024, f"{total / 2**20:.2f} MiB shipped"  # the decoder; the encoder is the starter's
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl")]  # safetensors only, no pickle
     card = (WEIGHTS / "MODEL_CARD.md").read_text()
     assert "SIMULATED" in card and "not for clinical use" in " ".join(card.lower().split())
@@ -51,8 +51,7 @@ def test_demo_section_clicks_on_the_phantom(tmp_path: Path) -> None:
 def test_cli_with_the_shipped_model_segments_a_phantom_organ(tmp_path: Path) -> None:
     """`radfm segment` out of the box (no --model): one click in the heart of a CT phantom.
 
-    Measured with the shipped model: Dice 0.90 for this case (one interior click); bar 0.5. The model
-    is weak on organs larger than its 192 mm window and on thin structures (see MODEL_CARD.md).
+    Bar 0.5 (the measured Dice is in the test log); see MODEL_CARD.md for what the model is weak on.
     """
     from scipy import ndimage
 
@@ -68,4 +67,5 @@ def test_cli_with_the_shipped_model_segments_a_phantom_organ(tmp_path: Path) -> 
     assert main(["segment", str(path), "--point", ",".join(map(str, c)), "--out", str(out)]) == 0
     mask = np.asarray(nib.load(out).dataobj) > 0
     d = 2 * (mask & heart).sum() / (mask.sum() + heart.sum())
+    print(f"heart Dice {d:.3f}")
     assert d > 0.5, f"Dice {d:.2f}"
