@@ -9,7 +9,8 @@ and shapes (other seeds).
 Bars, stated before the run: Dice@1 ≥ the click-ball oracle + 0.15 (the union of balls at the radius
 that is best on these very test objects), the training loss falls, and the same click on an
 intensity-matched noise volume gives another mask (Dice ≤ 0.3 to the mask on the image). Measured
-on the dev machine (2 threads, 2026-12-07): see the print in the test log.
+on the dev machine (2026-12-07, a loaded 2-core CPU): held-out Dice@1 0.594, Dice@3 0.694 over 12
+shapes; oracle ball 0.399 (r = 8 mm); image-vs-noise mask Dice 0.133.
 """
 
 from __future__ import annotations
