@@ -6,11 +6,11 @@ needs them is used, so ``radfm check`` and ``radfm --help`` stay fast.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import import_module
 from typing import Any
 
-__all__ = ["lazy_getattr"]
+__all__ = ["exports_by_module", "lazy_getattr"]
 
 
 def lazy_getattr(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
@@ -23,3 +23,19 @@ def lazy_getattr(package: str, exports: Mapping[str, str]) -> Callable[[str], An
         return getattr(import_module(module), name)
 
     return __getattr__
+
+
+def exports_by_module(groups: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """``{module: [names]}`` -> ``{name: module}`` for :func:`lazy_getattr`.
+
+    Why grouped: a package's export table then names each module once, so it reads as a table
+    of contents and a moved module is one edit; a name listed twice is an error, not a silent
+    override.
+    """
+    out: dict[str, str] = {}
+    for module, names in groups.items():
+        for name in names:
+            if name in out:
+                raise ValueError(f"{name!r} is exported from both {out[name]!r} and {module!r}")
+            out[name] = module
+    return out

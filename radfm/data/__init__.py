@@ -8,35 +8,21 @@ only when a function needing them is used).
 
 from __future__ import annotations
 
-from radfm._lazy import lazy_getattr
+from radfm._lazy import exports_by_module, lazy_getattr
 
-_EXPORTS = {
-    "Finding": "radfm.data.findings",
-    "FINDING_TYPES": "radfm.data.findings",
-    "max_diameter_mm": "radfm.data.findings",
-    "LesionSpec": "radfm.data.phantom",
-    "PhantomCase": "radfm.data.phantom",
-    "make_phantom": "radfm.data.phantom",
-    "remeasure_findings": "radfm.data.phantom",
-    "Report": "radfm.data.report_text",
-    "ReportSentence": "radfm.data.report_text",
-    "render_report": "radfm.data.report_text",
-    "findings_mentioned": "radfm.data.report_text",
-    "shared_data_root": "radfm.data.shared",
-    "PhantomPair": "radfm.data.deform",
-    "make_phantom_pair": "radfm.data.deform",
-    "random_smooth_field": "radfm.data.deform",
-    "warp": "radfm.data.deform",
-    "field_canonical_to_model": "radfm.data.deform",
-    "load_cases": "radfm.data.datasets",
-    "load_case": "radfm.data.datasets",
-    "phantom_dataset": "radfm.data.datasets",
-    "PatchDataset": "radfm.data.patches",
-    "sample_patch_centers": "radfm.data.patches",
-    "extract_patch": "radfm.data.patches",
-    "canonical_to_model": "radfm.data.patches",
-    "model_to_canonical": "radfm.data.patches",
-}
+_EXPORTS = exports_by_module({
+    "radfm.data.findings": ["Finding", "FINDING_TYPES", "max_diameter_mm"],
+    "radfm.data.phantom": ["LesionSpec", "PhantomCase", "make_phantom", "remeasure_findings"],
+    "radfm.data.report_text": ["Report", "ReportSentence", "render_report", "findings_mentioned"],
+    "radfm.data.shared": ["shared_data_root"],
+    "radfm.data.deform": [
+        "PhantomPair", "make_phantom_pair", "random_smooth_field", "warp", "field_canonical_to_model",
+    ],
+    "radfm.data.datasets": ["load_cases", "load_case", "phantom_dataset"],
+    "radfm.data.patches": [
+        "PatchDataset", "sample_patch_centers", "extract_patch", "canonical_to_model", "model_to_canonical",
+    ],
+})
 __all__ = sorted(_EXPORTS)
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

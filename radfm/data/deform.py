@@ -20,6 +20,7 @@ the channel reversal is the classic silent bug) before comparing with a network'
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from radfm.data.phantom import PhantomCase, remeasure_findings, smooth_noise
+from radfm.data.phantom import PhantomCase, make_phantom, remeasure_findings, smooth_noise
 from radfm.data.phantom.generate import _generate
 from radfm.data.phantom.render import _acquire
 from radfm.data.report_text import HEAD_ORGANS, TORSO_ORGANS, render_report
@@ -169,12 +170,10 @@ def make_phantom_pair(
 
 
 def _phantom_defaults(kw: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"modality", "shape", "spacing", "n_lesions", "lesions", "noise", "blur_mm", "body",
-               "abnormalities"}
-    unknown = set(kw) - allowed
+    """``kw`` completed with ``make_phantom``'s own defaults (read from its signature, so they exist once)."""
+    defaults = {n: p.default for n, p in inspect.signature(make_phantom).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = set(kw) - set(defaults)
     if unknown:
-        raise InputError(f"unknown phantom options {sorted(unknown)}.", f"Use some of {sorted(allowed)}.")
-    defaults: dict[str, Any] = {"modality": "CT", "shape": (96, 96, 96), "spacing": (2.0, 2.0, 2.0),
-                                "n_lesions": None, "lesions": None, "noise": None, "blur_mm": None,
-                                "body": "chest_abdomen", "abnormalities": None}
+        raise InputError(f"unknown phantom options {sorted(unknown)}.", f"Use some of {sorted(defaults)}.")
     return {**defaults, **kw}

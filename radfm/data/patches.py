@@ -42,14 +42,11 @@ def canonical_to_model(array: Any, *, channels: Literal["last", "first"] = "last
 
 def model_to_canonical(array: Any, *, channels: Literal["last", "first"] = "last") -> Any:
     """Inverse of ``canonical_to_model``: ``(Z, Y, X)`` -> ``(X, Y, Z)``; ``(C, Z, Y, X)`` ->
-    ``(X, Y, Z, C)`` (``channels="last"``) or ``(C, X, Y, Z)`` (``channels="first"``)."""
-    if array.ndim == 3:
-        perm: tuple[int, ...] = (2, 1, 0)
-    elif array.ndim == 4:
-        perm = (3, 2, 1, 0) if channels == "last" else (0, 3, 2, 1)
-    else:
-        raise InputError(f"expected a 3D or 4D array, got shape {tuple(array.shape)}.")
-    return array.permute(*perm) if isinstance(array, torch.Tensor) else array.transpose(perm)
+    ``(X, Y, Z, C)`` (``channels="last"``) or ``(C, X, Y, Z)`` (``channels="first"``).
+
+    The same call as ``canonical_to_model``: each of its axis permutations is its own inverse.
+    """
+    return canonical_to_model(array, channels=channels)
 
 
 def _center_range(dim: int, size: int) -> tuple[int, int]:

@@ -53,6 +53,25 @@ def _monai_surface(kind: str, p: np.ndarray, t: np.ndarray, spacing: tuple[float
     return float(out.reshape(-1)[0])
 
 
+def _per_label_surface(kind: str, pred: ArrayLike, target: ArrayLike, spacing: float | Sequence[float],
+                       labels: Sequence[int] | None, *, both_empty: float, one_empty: float,
+                       tolerance_mm: float = 0.0) -> float | dict[int, float]:
+    """One boundary metric per label; empty masks take the metric's own convention (module doc),
+    since MONAI's distance transforms are undefined (or warn) on them."""
+    p, t = same_shape(pred, target)
+    sp = check_spacing(spacing, p.ndim)
+    out: list[tuple[int | None, float]] = []
+    for lab, pm, tm in label_masks(p, t, labels):
+        has_p, has_t = bool(pm.any()), bool(tm.any())
+        if not has_p and not has_t:
+            out.append((lab, both_empty))
+        elif has_p != has_t:
+            out.append((lab, one_empty))
+        else:
+            out.append((lab, _monai_surface(kind, pm, tm, sp, tolerance_mm)))
+    return per_label(out)
+
+
 def hd95(pred: ArrayLike, target: ArrayLike, *, spacing: float | Sequence[float] = 1.0,
          labels: Sequence[int] | None = None, empty_value: float = float("nan")) -> float | dict[int, float]:
     """Symmetric 95th-percentile Hausdorff distance between mask boundaries, in mm.
@@ -66,18 +85,8 @@ def hd95(pred: ArrayLike, target: ArrayLike, *, spacing: float | Sequence[float]
     ``monai.metrics.compute_hausdorff_distance(percentile=95)`` on the masks cropped to their union
     (exact: distances only involve foreground edges).
     """
-    p, t = same_shape(pred, target)
-    sp = check_spacing(spacing, p.ndim)
-    out: list[tuple[int | None, float]] = []
-    for lab, pm, tm in label_masks(p, t, labels):
-        has_p, has_t = bool(pm.any()), bool(tm.any())
-        if not has_p and not has_t:
-            out.append((lab, 0.0))
-        elif has_p != has_t:
-            out.append((lab, float(empty_value)))
-        else:
-            out.append((lab, _monai_surface("hd95", pm, tm, sp)))
-    return per_label(out)
+    return _per_label_surface("hd95", pred, target, spacing, labels, both_empty=0.0,
+                              one_empty=float(empty_value))
 
 
 def surface_dice(pred: ArrayLike, target: ArrayLike, *, tolerance_mm: float,
@@ -97,15 +106,5 @@ def surface_dice(pred: ArrayLike, target: ArrayLike, *, tolerance_mm: float,
     """
     if not (tolerance_mm >= 0 and math.isfinite(tolerance_mm)):
         raise ValueError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm}")
-    p, t = same_shape(pred, target)
-    sp = check_spacing(spacing, p.ndim)
-    out: list[tuple[int | None, float]] = []
-    for lab, pm, tm in label_masks(p, t, labels):
-        has_p, has_t = bool(pm.any()), bool(tm.any())
-        if not has_p and not has_t:
-            out.append((lab, 1.0))
-        elif has_p != has_t:
-            out.append((lab, 0.0))
-        else:
-            out.append((lab, _monai_surface("nsd", pm, tm, sp, tolerance_mm)))
-    return per_label(out)
+    return _per_label_surface("nsd", pred, target, spacing, labels, both_empty=1.0, one_empty=0.0,
+                              tolerance_mm=tolerance_mm)

@@ -6,25 +6,17 @@ command. Names are imported lazily so ``radfm --help`` does not import torch/acc
 
 from __future__ import annotations
 
-from radfm._lazy import lazy_getattr
+from radfm._lazy import exports_by_module, lazy_getattr
 
-_EXPORTS = {
-    "PretrainConfig": "radfm.training.pretrain_recipe",
-    "ModelConfig": "radfm.training.pretrain_recipe",
-    "DataConfig": "radfm.training.pretrain_recipe",
-    "OptimConfig": "radfm.training.pretrain_recipe",
-    "PretrainStream": "radfm.training.pretrain_data",
-    "run_pretraining": "radfm.training.pretrain",
-    "load_pretrain_config": "radfm.training.cli",
-    "AugmentConfig": "radfm.training.augment",
-    "augment_crop": "radfm.training.augment",
-    "SourceSpec": "radfm.training.sources",
-    "PACKAGE_VOLUMES": "radfm.training.sources",
-    "find_package_volumes": "radfm.training.sources",
-    "save_checkpoint": "radfm.training.checkpoint",
-    "load_checkpoint": "radfm.training.checkpoint",
-    "latest_checkpoint": "radfm.training.checkpoint",
-}
+_EXPORTS = exports_by_module({
+    "radfm.training.pretrain_recipe": ["PretrainConfig", "ModelConfig", "DataConfig", "OptimConfig"],
+    "radfm.training.pretrain_data": ["PretrainStream"],
+    "radfm.training.pretrain": ["run_pretraining"],
+    "radfm.training.cli": ["load_pretrain_config"],
+    "radfm.training.augment": ["AugmentConfig", "augment_crop"],
+    "radfm.training.sources": ["SourceSpec", "PACKAGE_VOLUMES", "find_package_volumes"],
+    "radfm.training.checkpoint": ["save_checkpoint", "load_checkpoint", "latest_checkpoint"],
+})
 __all__ = sorted(_EXPORTS)
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -9,19 +9,14 @@ pure field functions in :mod:`radfm.tasks.registration.functional`. Names load l
 
 from __future__ import annotations
 
-from radfm._lazy import lazy_getattr
+from radfm._lazy import exports_by_module, lazy_getattr
 
-_EXPORTS = {
-    "RegResult": "radfm.tasks.registration.api",
-    "register": "radfm.tasks.registration.api",
-    "load_model": "radfm.tasks.registration.api",
-    "default_model_dir": "radfm.tasks.registration.api",
-    "propagate_labels": "radfm.tasks.registration.propagate",
-    "RadFMRegConfig": "radfm.tasks.registration.model",
-    "RadFMRegistration": "radfm.tasks.registration.model",
-    "RegRecipe": "radfm.tasks.registration.recipe",
-    "run_recipe": "radfm.tasks.registration.recipe",
-}
+_EXPORTS = exports_by_module({
+    "radfm.tasks.registration.api": ["RegResult", "register", "load_model", "default_model_dir"],
+    "radfm.tasks.registration.propagate": ["propagate_labels"],
+    "radfm.tasks.registration.model": ["RadFMRegConfig", "RadFMRegistration"],
+    "radfm.tasks.registration.recipe": ["RegRecipe", "run_recipe"],
+})
 __all__ = sorted(_EXPORTS)
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -67,20 +67,14 @@ def make_phantom(
     )[0]
 
 
-def _generate(
-    seed: int,
-    *,
-    modality: Literal["CT", "MR"] = "CT",
-    shape: tuple[int, int, int] = (96, 96, 96),
-    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
-    n_lesions: int | None = None,
-    lesions: list[LesionSpec] | None = None,
-    noise: float | None = None,
-    blur_mm: float | None = None,
-    body: Literal["chest_abdomen", "head"] = "chest_abdomen",
-    abnormalities: Sequence[str] | None = None,
-) -> tuple[PhantomCase, np.ndarray, _Acquisition]:
-    """``make_phantom`` plus the noise-free image and acquisition (for deformed pairs)."""
+def _generate(seed: int, *, modality: Literal["CT", "MR"], shape: tuple[int, int, int],
+              spacing: tuple[float, float, float], n_lesions: int | None, lesions: list[LesionSpec] | None,
+              noise: float | None, blur_mm: float | None, body: Literal["chest_abdomen", "head"],
+              abnormalities: Sequence[str] | None) -> tuple[PhantomCase, np.ndarray, _Acquisition]:
+    """``make_phantom`` plus the noise-free image and acquisition (for deformed pairs).
+
+    No defaults here: ``make_phantom``'s signature is the one place that holds them.
+    """
     modality = modality.upper()  # type: ignore[assignment]
     if modality not in ("CT", "MR"):
         raise InputError(f"phantom modality {modality!r} is not supported.", "Use 'CT' or 'MR'.")

@@ -47,8 +47,6 @@ def remeasure_findings(findings: Sequence[Finding], labels: np.ndarray,
     return out
 
 
-
-
 def _findings(labels: np.ndarray, placed: list[_Placed],
               abnormal: set[str], info: dict[str, object], body: str, g: _Grid) -> list[Finding]:
     """Findings measured on the final label map (sizes, boxes, locations)."""

@@ -122,5 +122,4 @@ class PhantomCase:
     seed: int
 
 
-
 _ORGAN_TISSUE = {"lung": _T["lung"], "liver": _T["liver"], "spleen": _T["spleen"], "kidney": _T["kidney"]}
