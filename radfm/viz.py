@@ -85,12 +85,7 @@ def save_overlay(
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def _display_rc(p: Sequence[float], plane: str, shape: Sequence[int]) -> tuple[float, float]:
@@ -102,6 +97,17 @@ def _display_rc(p: Sequence[float], plane: str, shape: Sequence[int]) -> tuple[f
     if plane == "coronal":
         return nz - 1 - z, nx - 1 - x
     return nz - 1 - z, y
+
+
+def _save_figure(fig: matplotlib.figure.Figure, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``; closing matters in long loops,
+    where matplotlib would otherwise keep every figure alive."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def save_curve(path: str | Path, xs: Sequence[float], series: dict[str, Sequence[float]], *,
@@ -117,9 +123,4 @@ def save_curve(path: str | Path, xs: Sequence[float], series: dict[str, Sequence
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
