@@ -2,7 +2,7 @@
 
 The full-size check (512×512×400 from the real CT, ≤ 4 GiB) is ``radfm bench promptseg --memory``;
 this is the same path (load → check → plan → one window → map back → save) at 1/8 of the voxels.
-Measured peak RSS here: 835 MiB (of which ~0.45 GiB is Python + torch + transformers themselves);
+Measured peak RSS here: 835 MiB (ViT model), 937 MiB (CNN model, 2026-12-07) (of which ~0.45 GiB is Python + torch + transformers themselves);
 the full-size benchmark run measured 2,351 MiB.
 Bound: 1.5 GiB, so a regression that materialises the whole volume at float64 or resamples full-size
 logits (≥ +0.4 GiB at this size, ≥ +3 GiB at full size) fails.
@@ -22,12 +22,15 @@ from segtest_utils import tiny_model
 
 BOUND_MIB = 1536
 
+# VmHWM (this process's own peak, reset by exec), not ru_maxrss: Linux keeps ru_maxrss across execve, so
+# a child of a big pytest process would report the parent's peak.
 _CHILD = r"""
-import json, resource, sys
+import json, sys
 import radfm
 from radfm.tasks.segmentation.files import segment_file
 s = segment_file(sys.argv[1], out=sys.argv[2], points=[[128.0, 120.0, 100.0]], labels=[1], model_dir=sys.argv[3])
-print(json.dumps({"maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "voxels": s["voxels"]}))
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"maxrss_mib": hwm / 1024.0, "voxels": s["voxels"]}))
 """
 
 
