@@ -515,8 +515,8 @@ def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict[str
         "Dice on the scan's own grid, fp32.",
         "",
         f"Calibration after click 1 on these real objects. Predicted IoU: {rel}; mean |predicted IoU − Dice| "
-        f"{calib['mae_raw']:.3f}. The shipped calibration reads the `{calib['signal']}` signal (chosen on held-out "
-        "phantoms)" + (f": mean |expected Dice − Dice| {mc:.3f}" if mc is not None else "")
+        f"{calib['mae_raw']:.3f}. The calibration loaded at the start of this run reads the `{calib['signal']}` "
+        "signal" + (f": mean |expected Dice − Dice| {mc:.3f}" if mc is not None else " (none was loaded)")
         + ". Spearman rank correlation with real Dice by signal: "
         + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in calib["spearman_by_signal"].items())
         + ".",
