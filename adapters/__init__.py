@@ -12,24 +12,11 @@ Names are imported lazily: peft loads only when an adapter function is used.
 
 from __future__ import annotations
 
-from radfm._lazy import lazy_getattr
+from radfm._lazy import exports_by_module, lazy_getattr
 
-_EXPORTS = {
-    "LoraSpec": "radfm.adapters.lora",
-    "attach_lora": "radfm.adapters.lora",
-    "add_adapter": "radfm.adapters.lora",
-    "save_adapter": "radfm.adapters.lora",
-    "load_adapters": "radfm.adapters.lora",
-    "use_adapter": "radfm.adapters.lora",
-    "merge": "radfm.adapters.lora",
-    "trainable_parameters": "radfm.adapters.lora",
-    "encoder_sha256": "radfm.adapters.lora",
-    "attach_encoder_lora": "radfm.adapters.lora",
-    "save_encoder_adapter": "radfm.adapters.lora",
-    "load_encoder_adapter": "radfm.adapters.lora",
-    "read_adapter_meta": "radfm.adapters.lora",
-    "HeadedTaskModel": "radfm.adapters.lora",
-}
+_EXPORTS = exports_by_module({
+    "radfm.adapters.lora": ["LoraSpec", "attach_lora", "add_adapter", "save_adapter", "load_adapters", "use_adapter", "merge", "trainable_parameters", "encoder_sha256", "attach_encoder_lora", "save_encoder_adapter", "load_encoder_adapter", "read_adapter_meta", "HeadedTaskModel"],
+})
 __all__ = sorted(_EXPORTS)
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

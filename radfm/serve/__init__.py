@@ -13,24 +13,15 @@ or torch, and the ``serve`` extra is needed only when serving.
 
 from __future__ import annotations
 
-from radfm._lazy import lazy_getattr
+from radfm._lazy import exports_by_module, lazy_getattr
 
-_EXPORTS = {
-    "ServeSettings": "radfm.serve.app",
-    "ServeState": "radfm.serve.app",
-    "create_app": "radfm.serve.app",
-    "LLMBackend": "radfm.serve.backends",
-    "TransformersBackend": "radfm.serve.backends",
-    "VLLMBackend": "radfm.serve.backends",
-    "UnknownAdapterError": "radfm.serve.backends",
-    "BackendUnavailableError": "radfm.serve.backends",
-    "save_upload_to_tmp": "radfm.serve.uploads",
-    "discard_upload": "radfm.serve.uploads",
-    "UnsupportedMediaError": "radfm.serve.uploads",
-    "load_api_keys": "radfm.serve.security",
-    "VLLMServer": "radfm.serve.vllm_server",
-    "find_vllm_python": "radfm.serve.vllm_server",
-}
+_EXPORTS = exports_by_module({
+    "radfm.serve.app": ["ServeSettings", "ServeState", "create_app"],
+    "radfm.serve.backends": ["LLMBackend", "TransformersBackend", "VLLMBackend", "UnknownAdapterError", "BackendUnavailableError"],
+    "radfm.serve.uploads": ["save_upload_to_tmp", "discard_upload", "UnsupportedMediaError"],
+    "radfm.serve.security": ["load_api_keys"],
+    "radfm.serve.vllm_server": ["VLLMServer", "find_vllm_python"],
+})
 __all__ = sorted(_EXPORTS)
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -11,23 +11,16 @@ and back), ``api`` (``adapt``) and ``cli`` (``radfm adapt``). LoRA itself lives 
 
 from __future__ import annotations
 
-from radfm._lazy import lazy_getattr
+from radfm._lazy import exports_by_module, lazy_getattr
 
-_EXPORTS = {
-    "RadFMDenseSegmentationConfig": "radfm.tasks.dense_segmentation.model",
-    "RadFMForDenseSegmentation": "radfm.tasks.dense_segmentation.model",
-    "AdaptResult": "radfm.tasks.dense_segmentation.api",
-    "adapt": "radfm.tasks.dense_segmentation.api",
-    "AugmentConfig": "radfm.tasks.dense_segmentation.train",
-    "TrainConfig": "radfm.tasks.dense_segmentation.train",
-    "fit": "radfm.tasks.dense_segmentation.train",
-    "choose_strategy": "radfm.tasks.dense_segmentation.strategy",
-    "build_model": "radfm.tasks.dense_segmentation.strategy",
-    "load_adapted": "radfm.tasks.dense_segmentation.checkpoint",
-    "load_encoder": "radfm.tasks.dense_segmentation.checkpoint",
-    "predict_volume": "radfm.tasks.dense_segmentation.inference",
-    "segment_volume": "radfm.tasks.dense_segmentation.inference",
-}
+_EXPORTS = exports_by_module({
+    "radfm.tasks.dense_segmentation.model": ["RadFMDenseSegmentationConfig", "RadFMForDenseSegmentation"],
+    "radfm.tasks.dense_segmentation.api": ["AdaptResult", "adapt"],
+    "radfm.tasks.dense_segmentation.train": ["AugmentConfig", "TrainConfig", "fit"],
+    "radfm.tasks.dense_segmentation.strategy": ["choose_strategy", "build_model"],
+    "radfm.tasks.dense_segmentation.checkpoint": ["load_adapted", "load_encoder"],
+    "radfm.tasks.dense_segmentation.inference": ["predict_volume", "segment_volume"],
+})
 __all__ = sorted(_EXPORTS)
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

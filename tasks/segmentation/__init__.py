@@ -14,21 +14,18 @@ clicking and the click-ball baseline),
 
 from __future__ import annotations
 
-from radfm._lazy import lazy_getattr
+from radfm._lazy import exports_by_module, lazy_getattr
 
-_EXPORTS = {
-    "RadFMSegConfig": "radfm.tasks.segmentation.model",
-    "RadFMPromptSegmenter": "radfm.tasks.segmentation.model",
-    "SegPredictor": "radfm.tasks.segmentation.predictor",
-    "SegResult": "radfm.tasks.segmentation.results",
-    "load_segmenter": "radfm.tasks.segmentation.loading",
-    "default_model_dir": "radfm.tasks.segmentation.loading",
-    "segment_file": "radfm.tasks.segmentation.files",
-    "TrainConfig": "radfm.tasks.segmentation.train",
-    "train": "radfm.tasks.segmentation.train",
-    "Calibration": "radfm.tasks.segmentation.calibration",
-    "write_dicom_seg": "radfm.tasks.segmentation.dicom_seg",
-}
+_EXPORTS = exports_by_module({
+    "radfm.tasks.segmentation.model": ["RadFMSegConfig", "RadFMPromptSegmenter"],
+    "radfm.tasks.segmentation.predictor": ["SegPredictor"],
+    "radfm.tasks.segmentation.results": ["SegResult"],
+    "radfm.tasks.segmentation.loading": ["load_segmenter", "default_model_dir"],
+    "radfm.tasks.segmentation.files": ["segment_file"],
+    "radfm.tasks.segmentation.train": ["TrainConfig", "train"],
+    "radfm.tasks.segmentation.calibration": ["Calibration"],
+    "radfm.tasks.segmentation.dicom_seg": ["write_dicom_seg"],
+})
 __all__ = sorted(_EXPORTS)
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
