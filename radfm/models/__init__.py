@@ -5,14 +5,10 @@ from __future__ import annotations
 from transformers import AutoConfig, AutoModel
 
 from radfm.models.bridge import VolumeResampler
-from radfm.models.encoder import (
-    RadFMEncoder,
-    RadFMEncoderOutput,
-    expand_input_channels,
-    pad_to_patch_multiple,
-    random_keep_indices,
-)
+from radfm.models.channels import expand_input_channels
+from radfm.models.encoder import RadFMEncoder, RadFMEncoderOutput
 from radfm.models.encoder_config import ENCODER_PRESETS, MODALITY_IDS, RadFMEncoderConfig
+from radfm.models.encoder_input import pad_to_patch_multiple, random_keep_indices
 from radfm.models.pos_embed import interpolate_pos_table, sincos_pos_embed_3d
 from radfm.models.radfm_config import DEFAULT_VOLUME_TOKEN, RadFMBridgeConfig, RadFMConfig
 from radfm.models.vlm import RadFMForReportGeneration

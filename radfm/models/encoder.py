@@ -1,7 +1,8 @@
-"""The shared 3D encoder: a plain ViT over 3D patches plus a feature pyramid for dense decoders.
+"""The shared 3D encoder: a plain ViT over 3D patches (plus a feature pyramid) or a residual 3D CNN.
 
-Read top to bottom: input helpers, the building blocks (patch embedding, attention, MLP, block),
-the feature pyramid, the model, then the channel-expansion helper.
+This file holds the output type and the model; its pieces live beside it: input helpers in
+``encoder_input``, the ViT blocks in ``vit_blocks``, the pyramid in ``feature_pyramid``, the CNN
+trunk in ``cnn``, channel expansion in ``channels`` (all re-exported here).
 
 Shapes: volumes are ``(B, C, D, H, W)``; the token grid is ``(gd, gh, gw) = (D/pd, H/ph, W/pw)``
 and tokens are flattened z-major, ``N = gd * gh * gw`` (token ``n`` sits at
@@ -11,6 +12,7 @@ LoRA target names (peft ``target_modules``): ``qkv`` and ``proj`` (attention), `
 ``fc2`` (MLP), ``patch_embed.proj`` (the Conv3d). peft matches names by suffix, so a bare
 ``"proj"`` also catches ``patch_embed.proj``; use ``"attn.proj"`` to mean attention only. The
 pyramid's layers are named differently (``up``, ``lateral``) so they are never caught by accident.
+CNN trunk targets: see ``radfm.models.cnn``.
 """
 
 from __future__ import annotations
@@ -27,13 +29,18 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from radfm.errors import ConfigError, InputError
+from radfm.models.channels import expand_input_channels
 from radfm.models.cnn import ConvTrunk3d
-from radfm.models.encoder_config import RadFMEncoderConfig, up_stage_factors
+from radfm.models.encoder_config import RadFMEncoderConfig
+from radfm.models.encoder_input import check_input, pad_to_patch_multiple, random_keep_indices
+from radfm.models.feature_pyramid import FeaturePyramid
 from radfm.models.pos_embed import interpolate_pos_table, sincos_pos_embed_3d
+from radfm.models.vit_blocks import Attention, Block, DropPath, LayerNorm3d, Mlp, PatchEmbed3d
 
 __all__ = [
     "Attention",
     "Block",
+    "DropPath",
     "FeaturePyramid",
     "LayerNorm3d",
     "Mlp",
@@ -44,232 +51,6 @@ __all__ = [
     "pad_to_patch_multiple",
     "random_keep_indices",
 ]
-
-
-# ----------------------------------------------------------------------------- input helpers
-def pad_to_patch_multiple(
-    x: torch.Tensor, patch_size: tuple[int, int, int], *, value: float = 0.0
-) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """Pad ``(B, C, D, H, W)`` at the far end of each axis up to a multiple of ``patch_size``.
-
-    Why the far end: voxel indices of the original volume stay valid in the padded one, so
-    prompts and outputs need no shift; crop back with ``y[..., :D, :H, :W]``. Pass ``value`` =
-    the background of the normalised image (e.g. the value of air for CT), not always 0.
-
-    Returns:
-        ``(x_padded, (pad_d, pad_h, pad_w))`` with the number of voxels added per axis.
-    """
-    if x.ndim != 5:
-        raise InputError(f"expected a (B, C, D, H, W) tensor, got shape {tuple(x.shape)}.")
-    pad = tuple((-s) % p for s, p in zip(x.shape[2:], patch_size))
-    if any(pad):
-        # F.pad lists the last axis first: (w_lo, w_hi, h_lo, h_hi, d_lo, d_hi).
-        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="constant", value=value)
-    return x, pad  # type: ignore[return-value]
-
-
-def random_keep_indices(
-    batch_size: int,
-    num_tokens: int,
-    *,
-    mask_ratio: float,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Random token subsets of equal size per sample for MAE-style encoding.
-
-    Returns:
-        ``(B, N_keep)`` long, sorted ascending, ``N_keep = round(N * (1 - mask_ratio))`` (>= 1).
-    """
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
-    n_keep = max(1, round(num_tokens * (1.0 - mask_ratio)))
-    noise = torch.rand(batch_size, num_tokens, generator=generator, device=device)
-    return noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values
-
-
-def _check_input(x: torch.Tensor, *, in_channels: int, patch_size: tuple[int, int, int]) -> None:
-    if x.ndim != 5:
-        raise InputError(
-            f"the encoder expects a (B, C, D, H, W) tensor, got shape {tuple(x.shape)}.",
-            "Add the batch/channel axes, e.g. x[None, None] for a single (D, H, W) volume.",
-        )
-    if x.shape[1] != in_channels:
-        raise InputError(
-            f"the encoder was built for {in_channels} input channel(s), got shape {tuple(x.shape)}.",
-            "Use radfm.models.expand_input_channels to adapt a single-channel model.",
-        )
-    if any(s % p for s, p in zip(x.shape[2:], patch_size)):
-        raise InputError(
-            f"input shape {tuple(x.shape)} is not a multiple of the patch size {tuple(patch_size)} "
-            "along (D, H, W).",
-            "Pad it first with radfm.models.pad_to_patch_multiple (or crop).",
-        )
-
-
-# ----------------------------------------------------------------------------- building blocks
-class PatchEmbed3d(nn.Module):
-    """Non-overlapping 3D patches -> tokens, one Conv3d with kernel = stride = patch size.
-
-    ``(B, C, D, H, W)`` -> ``(B, hidden, gd, gh, gw)``.
-    """
-
-    def __init__(self, *, in_channels: int, hidden_size: int, patch_size: tuple[int, int, int]) -> None:
-        super().__init__()
-        self.patch_size = tuple(patch_size)
-        self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch of a sample with probability ``p``."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention over all tokens. ``(B, N, hidden)`` -> ``(B, N, hidden)``.
-
-    One fused ``qkv`` Linear and one ``proj`` Linear: the names LoRA targets. The kernel is
-    ``F.scaled_dot_product_attention`` (flash/memory-efficient paths on CPU and GPU, bf16-ready).
-    """
-
-    def __init__(self, *, hidden_size: int, num_heads: int, qkv_bias: bool = True) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=qkv_bias)
-        self.proj = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    """Position-wise MLP ``fc1`` -> GELU -> ``fc2``. ``(B, N, hidden)`` -> ``(B, N, hidden)``."""
-
-    def __init__(self, *, hidden_size: int, mlp_hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, mlp_hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(mlp_hidden, hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block with stochastic depth. ``(B, N, hidden)`` -> same."""
-
-    def __init__(
-        self,
-        *,
-        hidden_size: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop_path: float = 0.0,
-        layer_norm_eps: float = 1e-6,
-    ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.attn = Attention(hidden_size=hidden_size, num_heads=num_heads, qkv_bias=qkv_bias)
-        self.norm2 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.mlp = Mlp(hidden_size=hidden_size, mlp_hidden=int(hidden_size * mlp_ratio))
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class LayerNorm3d(nn.LayerNorm):
-    """LayerNorm over the channel axis of ``(B, C, D, H, W)`` maps (SAM's LayerNorm2d in 3D)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 4, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 4, 1, 2, 3)
-
-
-# ----------------------------------------------------------------------------- feature pyramid
-class FeaturePyramid(nn.Module):
-    """Four maps for dense decoders from four block outputs (UNETR-style sources, ViTDet-style ops).
-
-    Level ``i`` takes the output of block ``out_indices[i]`` reshaped to ``(B, hidden, gd, gh, gw)``:
-
-    ====  ========================================  ===============  =====================
-    lvl   op                                        stride (voxels)  shape
-    ====  ========================================  ===============  =====================
-    0     ConvT x2 -> LN -> GELU -> ConvT x2        patch / 4        (B, c0, 4gd, 4gh, 4gw)
-    1     ConvT x2                                  patch / 2        (B, c1, 2gd, 2gh, 2gw)
-    2     identity                                  patch            (B, c2, gd, gh, gw)
-    3     MaxPool 2 (ceil mode)                     patch * 2        (B, c3, ⌈gd/2⌉, …)
-    ====  ========================================  ===============  =====================
-
-    each followed by a 1x1x1 ``lateral`` conv to ``pyramid_channels[i]`` and a channel LayerNorm.
-    Along an axis whose patch size cannot be halved the x2 stages keep that axis (kernel 1), see
-    ``RadFMEncoderConfig.pyramid_strides``. Why this cheap design: transposed convs with kernel =
-    stride touch each input voxel once, and no 3x3x3 conv runs at full resolution, so the
-    pyramid costs a few percent of the trunk on CPU; decoders add their own convs where needed.
-    """
-
-    def __init__(
-        self,
-        *,
-        hidden_size: int,
-        patch_size: tuple[int, int, int],
-        channels: list[int] | tuple[int, ...],
-        layer_norm_eps: float = 1e-6,
-    ) -> None:
-        super().__init__()
-        h = hidden_size
-        h2, h4 = max(h // 2, 1), max(h // 4, 1)
-        f1, f2 = up_stage_factors(patch_size)
-        self.up = nn.ModuleList(
-            [
-                nn.Sequential(
-                    nn.ConvTranspose3d(h, h2, kernel_size=f1, stride=f1),
-                    LayerNorm3d(h2, eps=layer_norm_eps),
-                    nn.GELU(),
-                    nn.ConvTranspose3d(h2, h4, kernel_size=f2, stride=f2),
-                ),
-                nn.ConvTranspose3d(h, h2, kernel_size=f1, stride=f1),
-                nn.Identity(),
-                nn.MaxPool3d(kernel_size=2, stride=2, ceil_mode=True),
-            ]
-        )
-        in_ch = [h4, h2, h, h]
-        self.lateral = nn.ModuleList([nn.Conv3d(ci, co, kernel_size=1) for ci, co in zip(in_ch, channels)])
-        self.norm = nn.ModuleList([LayerNorm3d(co, eps=layer_norm_eps) for co in channels])
-
-    def forward(
-        self, features: list[torch.Tensor], grid_size: tuple[int, int, int]
-    ) -> tuple[torch.Tensor, ...]:
-        """``features``: four ``(B, N, hidden)`` patch-token tensors -> four maps, finest first."""
-        out = []
-        for feat, up, lateral, norm in zip(features, self.up, self.lateral, self.norm):
-            b, _, c = feat.shape
-            x = feat.transpose(1, 2).reshape(b, c, *grid_size)
-            out.append(norm(lateral(up(x))))
-        return tuple(out)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -420,32 +201,14 @@ class RadFMEncoder(PreTrainedModel):
         Returns:
             ``(tokens (B, N, hidden), (gd, gh, gw))``.
         """
-        _check_input(pixel_values, in_channels=self.config.in_channels, patch_size=self.config.patch_size)
-        # The residual stream keeps the parameters' dtype: under autocast the matmuls run in bf16
-        # while the sums between blocks stay float32, which keeps bf16 close to fp32.
-        dtype = self.norm.weight.dtype
-        if not pixel_values.is_floating_point() or not torch.is_autocast_enabled(pixel_values.device.type):
-            pixel_values = pixel_values.to(dtype)
+        pixel_values, dtype = self._checked_input(pixel_values)
         x = self.patch_embed(pixel_values)  # (B, hidden, gd, gh, gw)
         grid = tuple(x.shape[2:])
         x = x.flatten(2).transpose(1, 2).to(dtype)  # (B, N, hidden)
         x = x + self.position_embedding(grid, device=x.device, dtype=dtype)
-        if modality_ids is not None:
-            if self.modality_embed is None:
-                raise ConfigError(
-                    "modality_ids were given but this encoder has no modality embedding.",
-                    "Build it with modality_embedding=True or pass modality_ids=None.",
-                )
-            modality_ids = torch.as_tensor(modality_ids, device=x.device).long().reshape(-1)
-            if modality_ids.shape[0] != x.shape[0]:
-                raise InputError(
-                    f"modality_ids has shape {tuple(modality_ids.shape)}, expected ({x.shape[0]},)."
-                )
-            if int(modality_ids.min()) < 0 or int(modality_ids.max()) >= self.config.num_modalities:
-                raise InputError(
-                    f"modality_ids must be in [0, {self.config.num_modalities}), got {modality_ids.tolist()}."
-                )
-            x = x + self.modality_embed(modality_ids)[:, None, :].to(x.dtype)
+        vector = self._modality_vector(modality_ids, x.shape[0], x.device)
+        if vector is not None:
+            x = x + vector[:, None, :].to(x.dtype)
         return x, grid  # type: ignore[return-value]
 
     def forward(
@@ -502,7 +265,20 @@ class RadFMEncoder(PreTrainedModel):
             feature_pyramid=pyramid,
         )
 
+    def _checked_input(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
+        """Check the shape; return the input in the parameters' dtype (kept as is under autocast) and that dtype.
+
+        The residual stream keeps the parameters' dtype: under autocast the matmuls run in bf16
+        while the sums between blocks stay float32, which keeps bf16 close to fp32.
+        """
+        check_input(pixel_values, in_channels=self.config.in_channels, patch_size=self.config.patch_size)
+        dtype = self.norm.weight.dtype
+        if not pixel_values.is_floating_point() or not torch.is_autocast_enabled(pixel_values.device.type):
+            pixel_values = pixel_values.to(dtype)
+        return pixel_values, dtype
+
     def _modality_vector(self, modality_ids: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
+        """``(B, hidden)`` modality vectors, or ``None`` without ids; bad ids raise errors that name them."""
         if modality_ids is None:
             return None
         if self.modality_embed is None:
@@ -520,10 +296,7 @@ class RadFMEncoder(PreTrainedModel):
         return self.modality_embed(modality_ids)
 
     def _forward_cnn(self, pixel_values: torch.Tensor, modality_ids: torch.Tensor | None) -> RadFMEncoderOutput:
-        _check_input(pixel_values, in_channels=self.config.in_channels, patch_size=self.config.patch_size)
-        dtype = self.norm.weight.dtype
-        if not pixel_values.is_floating_point() or not torch.is_autocast_enabled(pixel_values.device.type):
-            pixel_values = pixel_values.to(dtype)
+        pixel_values, dtype = self._checked_input(pixel_values)
         bias = self._modality_vector(modality_ids, pixel_values.shape[0], pixel_values.device)
         stride = self.config.patch_size[2]
         width = pixel_values.shape[-1]
@@ -567,48 +340,3 @@ class RadFMEncoder(PreTrainedModel):
         Like transformers' ``get_image_features``: the final-normed tokens, no pyramid built.
         """
         return self.forward(pixel_values, modality_ids=modality_ids, output_pyramid=False).last_hidden_state
-
-
-# ----------------------------------------------------------------------------- channel expansion
-@torch.no_grad()
-def expand_input_channels(model: RadFMEncoder, num_channels: int, *, mode: str = "average") -> RadFMEncoder:
-    """Give a (pretrained) encoder ``num_channels`` input channels, in place; returns the model.
-
-    Why: encoders are pretrained on single-channel CT/MR but fine-tuned on multi-sequence MR
-    (T1, T2, FLAIR … stacked as channels). The old kernel is first summed over its channels (the
-    kernel that acts on a volume copied into every channel), then
-
-    - ``"average"``: each new channel gets that kernel / ``num_channels``, so a volume copied
-      into all channels gives exactly the old tokens (activation scale is kept);
-    - ``"repeat"``: each new channel gets the full kernel (outputs scale with the channel count).
-
-    Call it before adding LoRA adapters; ``model.config.in_channels`` is updated, so
-    ``save_pretrained`` writes a consistent checkpoint. Usage:
-    ``expand_input_channels(RadFMEncoder.from_pretrained(ckpt), 3)``.
-    """
-    if num_channels < 1:
-        raise ConfigError(f"num_channels must be >= 1, got {num_channels}.")
-    if mode not in ("average", "repeat"):
-        raise ConfigError(f"mode must be 'average' or 'repeat', got {mode!r}.")
-    old = model.patch_embed.proj
-    if not isinstance(old, nn.Conv3d):
-        raise ConfigError(
-            "patch_embed.proj is not a plain Conv3d (adapters already attached?).",
-            "Expand the channels before wrapping the model with peft.",
-        )
-    kernel = old.weight.sum(dim=1, keepdim=True)  # (hidden, 1, pd, ph, pw)
-    if mode == "average":
-        kernel = kernel / num_channels
-    new = nn.Conv3d(
-        num_channels,
-        old.out_channels,
-        kernel_size=old.kernel_size,
-        stride=old.stride,
-        device=old.weight.device,
-        dtype=old.weight.dtype,
-    )
-    new.weight.copy_(kernel.expand(-1, num_channels, -1, -1, -1))
-    new.bias.copy_(old.bias)
-    model.patch_embed.proj = new
-    model.config.in_channels = num_channels
-    return model

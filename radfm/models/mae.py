@@ -40,9 +40,11 @@ from transformers.utils import ModelOutput
 
 from radfm.errors import ConfigError, InputError
 from radfm.models.cnn import ConvNormAct
-from radfm.models.encoder import Block, RadFMEncoder, random_keep_indices
+from radfm.models.encoder import RadFMEncoder
 from radfm.models.encoder_config import RadFMEncoderConfig
+from radfm.models.encoder_input import random_keep_indices
 from radfm.models.pos_embed import sincos_pos_embed_3d
+from radfm.models.vit_blocks import Block
 
 __all__ = [
     "CNNInpaintDecoder",

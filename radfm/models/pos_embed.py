@@ -11,7 +11,7 @@ An optional learned table (``RadFMEncoderConfig.learned_pos_embed``) is kept at 
 grid and resampled trilinearly to the grid at hand; it is added on top of the sin-cos code.
 
 All functions return ``(N, hidden)`` with ``N = gd * gh * gw`` in z-major (row-major) order,
-the order in which :class:`~radfm.models.encoder.PatchEmbed3d` flattens its output.
+the order in which :class:`~radfm.models.vit_blocks.PatchEmbed3d` flattens its output.
 """
 
 from __future__ import annotations
