@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from radfm import __version__, registry
-from radfm.errors import RadfmError
+from radfm.errors import RadfmError, one_line
 
 console = Console(stderr=True)
 log = logging.getLogger("radfm")
@@ -112,9 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RadfmError as exc:
-        console.print(f"[red]radfm: error:[/] {exc.problem}")
-        if exc.hint:
-            console.print(f"  {exc.hint}")
+        # Plain text, one line: rich markup would swallow bracketed paths/values and wrap the line.
+        print(f"radfm: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -26,3 +26,14 @@ class ConfigError(RadfmError, ValueError):
 
 class ResourceError(RadfmError, MemoryError):
     """The work would not fit in the memory (or time) this machine has."""
+
+
+def one_line(exc: BaseException) -> str:
+    """A user error as one plain line (problem and hint; newlines of listings folded into "; ")."""
+    import re
+
+    if isinstance(exc, RadfmError):
+        text = f"{exc.problem} {exc.hint}".strip()
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return re.sub(r"\s*\n\s*", "; ", text.strip())

@@ -14,7 +14,7 @@ from radfm.check.intensity import _check_dtype, _check_modality, _check_nan, _fi
 from radfm.check.memory import _check_memory
 from radfm.check.report import CheckReport, Finding, _Findings
 from radfm.check.thresholds import MAX_CHANNELS, _sample
-from radfm.errors import InputError
+from radfm.errors import RadfmError
 from radfm.io.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,13 @@ def check_path(path: str | Path, *, modality: str | None = None, series: int | N
         from radfm.io import load_volume  # lazy: the checker must import even where io is broken
 
         volume = load_volume(path, modality=modality, series=series)
-    except InputError as exc:
+    except RadfmError as exc:
         code = "mixed_series" if _MIXED_SERIES.search(exc.problem) else "load_failed"
         return CheckReport(shown, [Finding("error", code, exc.problem.strip(), exc.hint)], {"loaded": False})
     except Exception as exc:  # any reader crash on a bad file is still a report, not a traceback
         log.debug("load_volume failed", exc_info=True)
         finding = Finding("error", "load_failed",
-                          f"The image could not be read ({type(exc).__name__}: {exc}).",
+                          f"The image could not be read ({type(exc).__name__}).",
                           "Check that it is a complete NIfTI/NRRD/MHA/DICOM/.npy image (copy or export it "
                           "again).")
         return CheckReport(shown, [finding], {"loaded": False})
@@ -87,6 +87,10 @@ def check_volume(volume: Volume, *, modality: str | None = None,
                     f"several series stacked); at most {MAX_CHANNELS} channels are accepted.",
                     "Pick one volume (e.g. one time point or echo) and save it as a 3D file.")
 
+    if sum(int(n) > 1 for n in arr.shape[:3]) < 2 and arr.size:
+        found.error("degenerate_volume", f"The image is a line of voxels (shape {tuple(arr.shape[:3])}), not a "
+                    "slice or a volume.", "Export the full image (at least a 2D slice).")
+        return report
     spacing = _check_geometry(volume, found, summary)
     if arr.size == 0:
         found.error("empty_volume", f"The image has a zero-size axis (shape {tuple(arr.shape)}), so it holds "

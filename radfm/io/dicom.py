@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from radfm.errors import InputError
+from radfm.io.bounded import check_claim, count_inflated, max_image_bytes
 from radfm.io.coords import LPS_TO_RAS
 
 log = logging.getLogger(__name__)
@@ -160,25 +161,108 @@ def _slice_step_default(ds: Dataset, frame: Dataset | None = None, *, single: bo
     return 1.0
 
 
-def _rescale(ds: Dataset, frame: Dataset | None = None) -> tuple[float, float]:
-    slope = _fg_value(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
-    intercept = _fg_value(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
-    return (float(slope) if slope not in (None, "") else 1.0,
-            float(intercept) if intercept not in (None, "") else 0.0)
+def _rescale(ds: Dataset, frame: Dataset | None = None, where: str = "the DICOM file") -> tuple[float, float]:
+    out = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        value = _fg_value(ds, frame, "PixelValueTransformationSequence", keyword)
+        try:
+            number = float(value) if value not in (None, "") else default
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not np.isfinite(number) or (keyword == "RescaleSlope" and number == 0):
+            raise InputError(f"{where}: {keyword} is not a usable number.",
+                             "Fix the header (or convert the series with dcm2niix).")
+        out.append(number)
+    return out[0], out[1]
+
+
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 
 
 def _pixels(ds: Dataset, where: str) -> np.ndarray:
-    """Decoded stored pixel values; InputError when the codec is missing or data is broken."""
+    """Decoded stored pixel values; InputError when the codec is missing or data is broken.
+
+    Rows × Columns × frames × samples × bits is checked against the memory budget before the
+    decoder allocates it, and, for uncompressed data, against the bytes present.
+    """
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise InputError(f"{where} holds no image (it is a DICOM {ds.get('Modality', '')} object without "
-                         "pixel data, e.g. a report or a presentation state).",
-                         "Point radfm at the image series instead.")
+        if "Rows" in ds or "Columns" in ds:
+            raise InputError(f"{where} has image attributes but no pixel data (the file is probably truncated).",
+                             "Copy the file or series again.")
+        raise InputError(f"{where} holds no image: no pixel data and no image attributes (a report, a "
+                         "presentation state, or a file truncated early).",
+                         "Point radfm at the image series; if this is an image, copy it again.")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        raise InputError(f"{where}: Rows, Columns, BitsAllocated, NumberOfFrames or SamplesPerPixel is missing "
+                         "or not a number.", "The header is corrupt; export the series again.") from None
+    if min(rows, cols, frames, samples) < 1 or bits not in (1, 8, 16, 32, 64):
+        raise InputError(f"{where}: impossible image size or bit depth in the header.",
+                         "The header is corrupt; export the series again.")
+    need = rows * cols * frames * samples * bits // 8 if bits > 1 else (rows * cols * frames * samples + 7) // 8
+    check_claim(where, max(need, rows * cols * frames * samples * 4), "its Rows × Columns × frames")
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+    if "PixelData" in ds and syntax in _UNCOMPRESSED:
+        have = len(ds.PixelData or b"")
+        if have < need:
+            raise InputError(f"{where}: the pixel data is {have:,} bytes but Rows × Columns × frames × bits needs "
+                             f"{need:,} (a truncated file or a wrong Rows/Columns).", "Copy or export it again.")
     try:
         return np.asarray(ds.pixel_array)
     except Exception as exc:  # codec missing, truncated pixel data, odd transfer syntax
-        raise InputError(f"Could not decode the pixel data of {where} ({type(exc).__name__}: {exc}).",
+        raise InputError(f"Could not decode the pixel data of {where} ({type(exc).__name__}).",
                          "If the file is compressed, convert it to uncompressed DICOM (e.g. `gdcmconv "
-                         "--raw`) or to NIfTI (dcm2niix); if it is truncated, copy it again.") from exc
+                         "--raw`) or to NIfTI (dcm2niix); if it is truncated, copy it again.") from None
+
+
+def _dcmread(path: Path, **kwargs: Any) -> Dataset:
+    """``pydicom.dcmread`` after bounding a deflated data set (pydicom inflates it all at once)."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(str(path))
+        syntax = str(meta.get("TransferSyntaxUID", ""))
+    except Exception:
+        syntax = ""
+    if syntax == "1.2.840.10008.1.2.1.99":
+        with open(path, "rb") as fh:
+            blob = fh.read()
+        end = _meta_end(blob)  # past the meta group: inflate what follows, capped
+        if end is not None:
+            # pydicom holds the whole inflated data set (and copies it): a quarter of the budget
+            count_inflated(blob[end:], max_image_bytes() // 4, path.name, wbits=-15)
+        del blob
+    ds = pydicom.dcmread(str(path), **kwargs)
+    _check_lengths(ds, path.name)
+    return ds
+
+
+def _check_lengths(ds: Dataset, shown: str) -> None:
+    """An element whose declared length runs past the end of the file: a truncated or forged file.
+
+    pydicom reads such an element short without complaint; its raw (not yet parsed) form still
+    carries the declared length, so it is compared before any value is used.
+    """
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if length is None or length == 0xFFFFFFFF or not isinstance(value, bytes | type(None)):
+            continue
+        if length > len(value or b""):
+            name = pydicom.datadict.keyword_for_tag(tag) or "a private element"
+            raise InputError(f"{shown}: the element {name} claims more bytes than the file holds (past the end: "
+                             "truncated or corrupt).", "Copy or export the file again.")
+
+
+def _meta_end(blob: bytes) -> int | None:
+    """Byte offset just past the file meta group (group 0002), from its group length element."""
+    if blob[128:132] != b"DICM" or blob[132:136] != b"\x02\x00\x00\x00":
+        return None
+    length = int.from_bytes(blob[140:144], "little")
+    return 144 + length
 
 
 def _apply_rescale(stack: list[np.ndarray], rescales: list[tuple[float, float]]) -> np.ndarray:
@@ -206,15 +290,17 @@ def read_dicom_file(path: Path) -> DicomPixels:
     frame position along the slice normal when positions are given.
     """
     try:
-        ds = pydicom.dcmread(str(path))
-    except InvalidDicomError as exc:
-        raise InputError(f"{path} is not a DICOM file (no DICOM preamble/header could be read).",
+        ds = _dcmread(path)
+    except InputError:
+        raise
+    except InvalidDicomError:
+        raise InputError(f"{path.name} is not a DICOM file (no DICOM preamble/header could be read).",
                          "Check the file; radfm reads DICOM Part 10 files, NIfTI, NRRD, MHA/MHD and .npy/.npz.") \
-            from exc
+            from None
     except Exception as exc:
-        raise InputError(f"{path} could not be read as DICOM ({type(exc).__name__}: {exc}).",
-                         "The file may be truncated or corrupt; copy it again.") from exc
-    where = str(path)
+        raise InputError(f"{path.name} could not be read as DICOM ({type(exc).__name__}).",
+                         "The file may be truncated or corrupt; copy it again.") from None
+    where = path.name
     pixels = _pixels(ds, where)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     meta = {**safe_meta(ds), "format": "dicom-file", "n_files": 1}
@@ -247,7 +333,7 @@ def read_dicom_file(path: Path) -> DicomPixels:
     step = _step(sorted_pos, normal, _slice_step_default(ds, frames[0], single=n_frames == 1), meta, where)
 
     planes = [_to_native_plane(pixels[f]) for f in order]
-    rescales = [_rescale(ds, frames[f]) for f in order]
+    rescales = [_rescale(ds, frames[f], where) for f in order]
     array = _apply_rescale(planes, rescales)
     if samples > 1:  # (X, Y, samples, Z) → (X, Y, Z, samples): colour as channels
         array = np.moveaxis(array, 2, 3)
@@ -271,6 +357,11 @@ def _step(positions: list[np.ndarray], normal: np.ndarray, default: float, meta:
                          "one volume (several echoes, phases or time points mixed in one series).",
                          "Split the series (e.g. with dcm2niix) and load one volume at a time.")
     median = float(np.median(gaps))
+    if gaps.max() > 1.5 * median:
+        k = int(np.argmax(gaps))
+        raise InputError(f"{where}: slices are missing: a gap of {gaps.max():.3g} mm after slice {k + 1} of "
+                         f"{len(positions)} where the spacing is {median:.3g} mm.",
+                         "Copy the whole series again (or load it knowing the gap, after resampling it).")
     if gaps.max() - gaps.min() > max(0.01 * median, 1e-3):
         meta["slice_spacing_warning"] = (f"irregular slice spacing ({gaps.min():.3g}..{gaps.max():.3g} mm); "
                                          "the affine uses the mean spacing")
@@ -312,9 +403,15 @@ def scan_series(folder: Path) -> tuple[list[SeriesInfo], int]:
         if path.name.upper() == "DICOMDIR":
             continue
         try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        except Exception:  # not DICOM, or unreadable: skipped, counted in the message
+            ds = _dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM: skipped, counted in the message; a broken DICOM is an error
+            if is_dicom_file(path) or path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+                raise InputError(f"{path.name} in {folder.name} looks like DICOM but cannot be read (truncated or "
+                                 "corrupt).", "Copy the series again, or remove the broken file.") from None
             continue
+        if len(ds) == 0 and is_dicom_file(path):
+            raise InputError(f"{path.name} in {folder.name} has a DICOM preamble but no data set (truncated).",
+                             "Copy the series again, or remove the broken file.")
         if "Rows" not in ds:  # no image (SR, KO, PR…)
             continue
         key = str(ds.get("SeriesInstanceUID", "") or f"no-uid:{ds.get('SeriesNumber', '')}")
@@ -357,14 +454,16 @@ def read_dicom_series(folder: Path, series: int | None = None) -> DicomPixels:
         out = read_dicom_file(info.files[0])
         out.meta["format"] = "dicom-series"
         return out
-    where = f"series {info.number if info.number is not None else '?'} in {folder}"
+    where = f"series {info.number if info.number is not None else '?'} in {folder.name}"
     datasets = []
     for path in info.files:
         try:
-            datasets.append(pydicom.dcmread(str(path)))
+            datasets.append(_dcmread(path))
+        except InputError:
+            raise
         except Exception as exc:
             raise InputError(f"A file of {where} could not be read ({path.name}: {type(exc).__name__}).",
-                             "The file may be truncated; copy the series again.") from exc
+                             "The file may be truncated; copy the series again.") from None
     first = datasets[0]
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
         raise InputError(f"{where} mixes several multi-frame files.",
@@ -396,9 +495,9 @@ def read_dicom_series(folder: Path, series: int | None = None) -> DicomPixels:
     step = _step(sorted_pos, normal, _slice_step_default(first), meta, where)
     # Decoding (often JPEG 2000) dominates; the codecs release the GIL, so threads help.
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        decoded = list(pool.map(lambda n: _pixels(datasets[n], where), order))
+        decoded = list(pool.map(lambda n: _pixels(datasets[n], f"{info.files[n].name} in {where}"), order))
     planes = [_to_native_plane(plane) for plane in decoded]
-    rescales = [_rescale(datasets[n]) for n in order]
+    rescales = [_rescale(datasets[n], None, f"{info.files[n].name} in {where}") for n in order]
     array = _apply_rescale(planes, rescales)
     if int(first.get("SamplesPerPixel", 1) or 1) > 1:
         array = np.moveaxis(array, 2, 3)

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from radfm.errors import InputError
 from radfm.io.coords import LPS_TO_RAS
 from radfm.io.dicom import is_dicom_file, read_dicom_file, read_dicom_series
+from radfm.io.headers import nifti_precheck, numpy_precheck, sitk_precheck
 from radfm.io.orientation import check_affine, to_canonical
 from radfm.io.volume import MODALITIES, NativeGrid, Volume
 
@@ -87,7 +88,7 @@ def load_volume(path: str | Path, *, modality: str | None = None, series: int | 
         raw = _read_file(p)
     array = _check_dims(raw.array, p, single_slice_ok=raw.single_slice_ok)
     array = _sensible_dtype(array, p)
-    affine = check_affine(raw.affine, str(p))
+    affine = check_affine(raw.affine, p.name)
     canonical, canonical_affine, ornt_back = to_canonical(array, affine)
     native = NativeGrid(affine=affine, shape=tuple(int(s) for s in array.shape[:3]), ornt=ornt_back,
                         fmt=raw.fmt, source=str(p.resolve()), header=raw.header)
@@ -101,7 +102,7 @@ def load_volume(path: str | Path, *, modality: str | None = None, series: int | 
 
 def _read_file(p: Path) -> _Raw:
     if p.stat().st_size == 0:
-        raise InputError(f"{p} is empty (0 bytes).",
+        raise InputError(f"{p.name} is empty (0 bytes).",
                          "The file was probably not copied or downloaded completely; copy it again.")
     suffix = suffix_of(p)
     if suffix in (".nii", ".nii.gz"):
@@ -119,14 +120,15 @@ def _read_file(p: Path) -> _Raw:
 
 
 def _read_nifti(p: Path) -> _Raw:
+    data = nifti_precheck(p)  # header vs file size and budget; .nii.gz inflated with a cap, CRC checked
     try:
-        img = nib.load(str(p))
+        img = nib.load(str(p)) if data is None else _nifti_from_bytes(data)
         # Force the read inside the try: a truncated .nii.gz only fails when the data is read.
         array = np.asarray(img.dataobj)
     except MemoryError:
         raise
     except Exception as exc:
-        raise InputError(f"{p} is not a readable NIfTI file ({type(exc).__name__}: {_first_line(exc)}).",
+        raise InputError(f"{p.name} is not a readable NIfTI file ({type(exc).__name__}).",
                          "It is probably truncated or corrupt (an interrupted download or copy); copy it "
                          "again, or re-export it from the source.") from exc
     header = img.header.copy()
@@ -138,31 +140,38 @@ def _read_nifti(p: Path) -> _Raw:
     return _Raw(array, np.asarray(img.affine, dtype=np.float64), "nifti", meta, header=header)
 
 
+def _nifti_from_bytes(data: bytes) -> nib.Nifti1Image:
+    if int.from_bytes(data[:4], "little") == 540 or int.from_bytes(data[:4], "big") == 540:
+        return nib.Nifti2Image.from_bytes(data)
+    return nib.Nifti1Image.from_bytes(data)
+
+
 def _read_sitk(p: Path, kind: str) -> _Raw:
+    sitk_precheck(p, kind)  # header claim vs budget and file size; compressed data inflated with a cap
     try:
         img = sitk.ReadImage(str(p))
     except Exception as exc:
-        raise InputError(f"{p} could not be read as {kind.upper()} ({_first_line(exc)}).",
+        raise InputError(f"{p.name} could not be read as {kind.upper()} ({_first_line(exc)[:120]}).",
                          "The file (or, for .mhd/.nhdr, its separate data file) is missing, truncated "
                          "or corrupt; copy it again.") from exc
     dim = img.GetDimension()
     if dim == 2:
         size = "×".join(str(s) for s in img.GetSize())
-        raise InputError(f"{p} is a 2D image ({size}); radfm needs a 3D volume.",
+        raise InputError(f"{p.name} is a 2D image ({size}); radfm needs a 3D volume.",
                          "Give the 3D scan instead (NIfTI/NRRD/MHA volume or the DICOM series folder); "
                          "a single slice is read as a one-slice volume only from a DICOM file.")
     if dim > 4:
-        raise InputError(f"{p} is a {dim}D image; radfm needs a 3D volume (optionally with channels).",
+        raise InputError(f"{p.name} is a {dim}D image; radfm needs a 3D volume (optionally with channels).",
                          "Extract the 3D volume you want (e.g. one time point) first.")
     try:
         array = sitk.GetArrayFromImage(img)  # (z, y, x[, components]) or (t, z, y, x)
     except Exception as exc:
-        raise InputError(f"{p}: the voxel data could not be read ({_first_line(exc)}).",
+        raise InputError(f"{p.name}: the voxel data could not be read ({_first_line(exc)}).",
                          "The file is probably truncated; copy it again.") from exc
     vector = img.GetNumberOfComponentsPerPixel() > 1
     if dim == 4:  # ITK 4D: (t, z, y, x) → (x, y, z, t): the fourth axis becomes channels
         if vector:
-            raise InputError(f"{p} is a 4D image with vector pixels.", "Extract a 3D volume first.")
+            raise InputError(f"{p.name} is a 4D image with vector pixels.", "Extract a 3D volume first.")
         array = np.transpose(array, (3, 2, 1, 0))
     elif vector:
         array = np.transpose(array, (2, 1, 0, 3))
@@ -180,6 +189,7 @@ def _read_sitk(p: Path, kind: str) -> _Raw:
 
 def _read_numpy(p: Path, suffix: str) -> _Raw:
     affine: np.ndarray | None = None
+    numpy_precheck(p, suffix)  # array headers (and zip member sizes) against the budget and file size
     try:
         if suffix == ".npy":
             array = np.load(str(p), allow_pickle=False)
@@ -203,7 +213,7 @@ def _read_numpy(p: Path, suffix: str) -> _Raw:
     except MemoryError:
         raise
     except Exception as exc:
-        raise InputError(f"{p} is not a readable numpy file ({type(exc).__name__}: {_first_line(exc)}).",
+        raise InputError(f"{p.name} is not a readable numpy file ({type(exc).__name__}).",
                          "Save it with numpy.save / numpy.savez (plain arrays, no pickled objects); if it "
                          "was copied, copy it again.") from exc
     meta: dict[str, Any] = {"format": "numpy"}
