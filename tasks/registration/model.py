@@ -16,6 +16,12 @@ neighbourhood and predicts only a small residual. Large motions are found at the
 ViT levels, detail at the conv-stem levels, and the comparison is on feature similarity
 rather than raw intensities, which carries over from simulated to real training pairs.
 
+Encoders: the shipped model (today) has its own tiny ViT trained from scratch. On radfm's shared
+CNN encoder (``from_shared_encoder``, ``encoder_source="shared"``) the CNN's own maps at strides
+1-16 replace the ViT pyramid and the conv stem, 1×1 projections narrow them per level, the CNN is
+adapted with LoRA saved apart (``save_registration``: ``encoder_adapter/``, peft layout + the
+encoder's SHA-256) and the checkpoint holds projections + decoder only.
+
 Grids: the model works on the plan grid (``preprocess_plan.json``: the fixed image resampled
 to ``target_spacing``, 2 mm by default, padded to a multiple of the coarsest stride); api.py
 upsamples the field to the fixed image's own grid. Fields: ``(B, 3, D, H, W)`` voxels of the
@@ -43,7 +49,13 @@ from radfm.models import RadFMEncoder, RadFMEncoderConfig
 from radfm.preprocess.plan import PreprocessPlan
 from radfm.tasks.registration import functional as RF
 
-__all__ = ["RadFMRegConfig", "RadFMRegistration", "RegistrationOutput", "default_encoder_config"]
+__all__ = ["ADAPTER_SUBDIR", "REG_TASK", "RadFMRegConfig", "RadFMRegistration", "RegistrationOutput",
+           "default_encoder_config", "save_registration"]
+
+#: Folder (inside a registration model directory) of the shared encoder's LoRA adapter (peft layout).
+ADAPTER_SUBDIR = "encoder_adapter"
+#: Task name written into the adapter's ``radfm_adapter.json``.
+REG_TASK = "registration"
 
 #: Decoder levels with fewer grid voxels than this run in float32 even under bf16 autocast.
 _BF16_MIN_VOXELS = 16**3
@@ -95,8 +107,15 @@ class RadFMRegConfig(PreTrainedConfig):
             trunk is radfm's starter encoder (``radfm.starter``), kept frozen in training and NOT
             stored in the checkpoint (only its feature pyramid, trained here, is), so a model on
             the 4 M-parameter starter encoder stays a few MB; it is re-attached on load.
-        encoder_sha256: SHA-256 of the starter encoder's ``model.safetensors`` the model was
-            trained on; loading refuses a different starter encoder.
+            ``"shared"``: the encoder is radfm's shared CNN (``radfm.starter``, kind "cnn",
+            ``architecture="cnn"``); its multi-scale ``feature_maps`` feed the decoder through
+            1×1 projections (no conv stem), the encoder is adapted with LoRA saved APART in
+            ``encoder_adapter/`` (peft layout + ``radfm_adapter.json``) and the checkpoint holds
+            the projections and decoder only.
+        encoder_sha256: SHA-256 of the starter/shared encoder's ``model.safetensors`` the model
+            was trained on; loading refuses a different encoder file.
+        feature_channels: CNN encoders only: width of each level's 1×1 projection of the
+            encoder maps (coarsest first), the features the correlation compares.
     """
 
     model_type = "radfm_registration"
@@ -117,6 +136,7 @@ class RadFMRegConfig(PreTrainedConfig):
     modalities: list[str] | tuple[str, ...] = ("CT", "MR")
     encoder_source: str | None = None
     encoder_sha256: str | None = None
+    feature_channels: list[int] | tuple[int, ...] = (32, 16, 8)
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.encoder_config is None:
@@ -133,7 +153,12 @@ class RadFMRegConfig(PreTrainedConfig):
         if not self.stem_channels or min(self.stem_channels) < 1:
             raise ConfigError(f"stem_channels must be positive ints, got {self.stem_channels}.")
         finest_encoder = enc.pyramid_strides[0][0]
-        if 2 ** (len(self.stem_channels) - 1) < finest_encoder // 2:
+        if self.is_cnn:
+            if self.encoder_source == "starter":
+                raise ConfigError("encoder_source='starter' is the ViT starter encoder; a CNN encoder uses 'shared'.")
+        elif self.encoder_source == "shared":
+            raise ConfigError("encoder_source='shared' needs the shared CNN encoder (architecture='cnn').")
+        elif 2 ** (len(self.stem_channels) - 1) < finest_encoder // 2:
             raise ConfigError(
                 f"the conv stem reaches stride {2 ** (len(self.stem_channels) - 1)} but the encoder's finest "
                 f"pyramid stride is {finest_encoder}: a decoder level would have no features.",
@@ -151,8 +176,12 @@ class RadFMRegConfig(PreTrainedConfig):
         self.target_spacing = [float(s) for s in self.target_spacing]
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
             raise ConfigError(f"target_spacing must be three positive mm values, got {self.target_spacing}.")
-        if self.encoder_source not in (None, "starter"):
-            raise ConfigError(f"encoder_source must be None or 'starter', got {self.encoder_source!r}.")
+        if self.encoder_source not in (None, "starter", "shared"):
+            raise ConfigError(f"encoder_source must be None, 'starter' or 'shared', got {self.encoder_source!r}.")
+        self.feature_channels = [int(c) for c in self.feature_channels]
+        if self.is_cnn and (len(self.feature_channels) != n or min(self.feature_channels) < 1):
+            raise ConfigError(f"feature_channels needs {n} positive widths (levels at strides {self.strides}), "
+                              f"got {self.feature_channels}.")
         if self.similarity not in ("ncc", "mi"):
             raise ConfigError(f"similarity must be 'ncc' or 'mi', got {self.similarity!r}.")
         if self.int_steps < 1 or self.corr_radius < 0:
@@ -160,9 +189,16 @@ class RadFMRegConfig(PreTrainedConfig):
         self.modalities = [str(m) for m in self.modalities]
 
     @property
+    def is_cnn(self) -> bool:
+        """The encoder is a residual CNN (the shared encoder): features from its ``feature_maps``."""
+        return getattr(self.encoder_config, "architecture", "vit") == "cnn"
+
+    @property
     def strides(self) -> list[int]:
         """Decoder level strides on the model grid, coarsest first (``coarsest_stride`` .. 1)."""
-        coarsest = min(self.coarsest_stride, self.encoder_config.pyramid_strides[-1][0])
+        deepest = (2 ** (len(self.encoder_config.cnn_channels) - 1) if self.is_cnn
+                   else self.encoder_config.pyramid_strides[-1][0])
+        coarsest = min(self.coarsest_stride, deepest)
         return [2**k for k in range(int(math.log2(coarsest)), -1, -1)]
 
     @property
@@ -264,21 +300,30 @@ class RadFMRegistration(PreTrainedModel):
         super().__init__(config)
         enc = config.encoder_config
         self.encoder = RadFMEncoder(enc)
-        self.stem = ConvStem(config.stem_channels)
-        enc_strides = [s[0] for s in enc.pyramid_strides]
+        cnn = config.is_cnn
+        # CNN: every stride has its own encoder map, so no conv stem; 1x1 projections narrow the maps.
+        self.stem = None if cnn else ConvStem(config.stem_channels)
+        enc_strides = [2**k for k in range(len(enc.cnn_channels))] if cnn else [s[0] for s in enc.pyramid_strides]
+        enc_channels = enc.cnn_channels if cnn else enc.pyramid_channels
         ncorr = (2 * config.corr_radius + 1) ** 3
         self._level_sources: list[tuple[list[int], int | None]] = []
-        decoders = []
+        decoders, projections = [], []
         for i, (stride, width) in enumerate(zip(config.strides, config.decoder_channels)):
             enc_levels = [j for j, s in enumerate(enc_strides) if s == stride or (i == 0 and s > stride)]
             k = int(math.log2(stride))
-            stem_level = k if k < len(config.stem_channels) else None
+            stem_level = k if k < len(config.stem_channels) and not cnn else None
             self._level_sources.append((enc_levels, stem_level))
-            feat = sum(enc.pyramid_channels[j] for j in enc_levels)
+            feat = sum(enc_channels[j] for j in enc_levels)
             feat += config.stem_channels[stem_level] if stem_level is not None else 0
+            if cnn:
+                proj = nn.Conv3d(feat, config.feature_channels[i], 1)
+                proj._radfm_reg_init = "kaiming"
+                projections.append(proj)
+                feat = config.feature_channels[i]
             cin = 2 * feat + (ncorr if stride >= config.corr_min_stride else 0) + (3 if i else 0)
             decoders.append(LevelDecoder(cin, width, depth=2 if stride >= 2 else 1))
         self.decoders = nn.ModuleList(decoders)
+        self.proj = nn.ModuleList(projections) if cnn else None
         self.plan = config.default_plan()
         self.post_init()
 
@@ -306,14 +351,20 @@ class RadFMRegistration(PreTrainedModel):
         """
         b = fixed.shape[0]
         both = torch.cat([fixed, moving], dim=0)
-        pyramid = self.encoder(both, modality_ids=modality_ids, output_pyramid=True).feature_pyramid
-        stem = self.stem(both)
+        if self.proj is not None:  # shared CNN: its stage maps at strides 1 .. 16
+            pyramid = self.encoder(both, modality_ids=modality_ids, output_pyramid=False).feature_maps
+            stem: list[torch.Tensor] = []
+        else:
+            pyramid = self.encoder(both, modality_ids=modality_ids, output_pyramid=True).feature_pyramid
+            stem = self.stem(both)
         fix, mov = [], []
-        for (enc_levels, stem_level), stride in zip(self._level_sources, self.config.strides):
+        for i, ((enc_levels, stem_level), stride) in enumerate(zip(self._level_sources, self.config.strides)):
             parts = [pyramid[j] for j in enc_levels] + ([stem[stem_level]] if stem_level is not None else [])
             size = tuple(n // stride for n in fixed.shape[2:])
             parts = [p if p.shape[2:] == size else F.interpolate(p, size=size, mode="trilinear") for p in parts]
             feat = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+            if self.proj is not None:
+                feat = self.proj[i](feat)
             fix.append(feat[:b])
             mov.append(feat[b:])
         return fix, mov
@@ -399,15 +450,55 @@ class RadFMRegistration(PreTrainedModel):
         assert all(k.startswith("pyramid.") for k in missing), missing
         return model
 
+    @classmethod
+    def from_shared_encoder(cls, **config_kwargs: Any) -> RadFMRegistration:
+        """A new model on radfm's shared CNN encoder (``radfm.starter``, kind "cnn"; weights loaded,
+        its file SHA-256 recorded); projections and decoder fresh.
+
+        Train it with ``encoder_mode="lora"`` (LoRA saved apart by :func:`save_registration`) or
+        ``"frozen"``; the checkpoint never holds encoder weights.
+        """
+        from radfm.starter import load_starter_encoder, starter_encoder_path
+
+        encoder = load_starter_encoder(kind="cnn")
+        config = RadFMRegConfig(encoder_config=encoder.config.to_dict(), encoder_source="shared",
+                                encoder_sha256=_file_sha256(starter_encoder_path("cnn") / "model.safetensors"),
+                                **config_kwargs)
+        model = cls(config)
+        model.encoder.load_state_dict(encoder.state_dict())
+        return model
+
+    def export_merged(self, save_directory: str | Path) -> Path:
+        """Export: one self-contained checkpoint with the (merged) encoder inside (``encoder_source=None``).
+
+        Why only here: the shipped folder keeps the adapter apart (issue 14); a single file is for
+        tools that cannot load radfm's shared encoder. Needs a model loaded with the adapter merged.
+        """
+        import copy
+
+        state = self.state_dict()
+        if any("lora_" in k or ".base_layer." in k for k in state):
+            raise ConfigError("this model still carries unmerged LoRA layers.",
+                              "Load it with RadFMRegistration.from_pretrained(dir) (merge_adapter=True) first.")
+        config = copy.deepcopy(self.config)
+        config.encoder_source = None
+        exported = type(self)(config)
+        exported.load_state_dict(state)
+        exported.save_pretrained(save_directory)
+        return Path(save_directory)
+
     def _trunk_keys(self) -> set[str]:
+        if self.config.encoder_source == "shared":  # nothing of the shared encoder is stored
+            return {k for k in self.state_dict() if k.startswith("encoder.")}
         return {k for k in self.state_dict() if k.startswith("encoder.") and not k.startswith("encoder.pyramid.")}
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
         """``config.json`` + ``model.safetensors`` (transformers) + ``preprocess_plan.json``.
 
-        With ``encoder_source="starter"`` the frozen trunk is left out of ``model.safetensors``.
+        With ``encoder_source="starter"`` the frozen trunk is left out of ``model.safetensors``; with
+        ``"shared"`` every encoder weight is (its LoRA adapter is written by :func:`save_registration`).
         """
-        if self.config.encoder_source == "starter" and "state_dict" not in kwargs:
+        if self.config.encoder_source in ("starter", "shared") and "state_dict" not in kwargs:
             trunk = self._trunk_keys()
             kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if k not in trunk}
         super().save_pretrained(save_directory, *args, **kwargs)
@@ -419,8 +510,13 @@ class RadFMRegistration(PreTrainedModel):
         """Load a checkpoint directory; its ``preprocess_plan.json`` is required (ConfigError if absent).
 
         A model trained on the starter encoder gets the starter trunk re-attached (and refuses a
-        starter encoder whose weights differ from the one it was trained on).
+        starter encoder whose weights differ from the one it was trained on). A model on the shared
+        CNN encoder gets that encoder (its file SHA-256 checked against the config) and then its
+        LoRA adapter from ``encoder_adapter/`` (``radfm.adapters.load_encoder_adapter``, which checks
+        the encoder's weight SHA-256 recorded in ``radfm_adapter.json``), merged in memory unless
+        ``merge_adapter=False`` (then a peft model comes back, e.g. to continue training).
         """
+        merge_adapter = bool(kwargs.pop("merge_adapter", True))
         path = Path(pretrained_model_name_or_path)
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path} is not a radfm registration model directory (no config.json).",
@@ -445,7 +541,58 @@ class RadFMRegistration(PreTrainedModel):
             trunk = {k: v for k, v in load_starter_encoder().state_dict().items() if not k.startswith("pyramid.")}
             model.encoder.load_state_dict(trunk, strict=False)
         model.plan = plan
+        if model.config.encoder_source == "shared":
+            return _attach_shared_encoder(model, path, merge_adapter=merge_adapter)
         return model
+
+
+def _attach_shared_encoder(model: RadFMRegistration, path: Path, *, merge_adapter: bool) -> Any:
+    """Put the shared CNN's weights into ``model.encoder`` (file SHA checked), then its adapter."""
+    from radfm.starter import load_starter_encoder, starter_encoder_path
+
+    sha = _file_sha256(starter_encoder_path("cnn") / "model.safetensors")
+    want = model.config.encoder_sha256
+    if want and sha != want:
+        raise ConfigError(
+            f"{path} was trained on another shared encoder (sha256 {want[:12]}…, installed "
+            f"radfm/starter/cnn_encoder is {sha[:12]}…).",
+            "Retrain the registration model on the installed encoder "
+            "(radfm train registration -c configs/registration/shared-cnn.yaml).")
+    model.encoder.load_state_dict(load_starter_encoder(kind="cnn").state_dict())
+    adapter = path / ADAPTER_SUBDIR
+    if not adapter.is_dir():
+        return model.eval()
+    from radfm.adapters import load_encoder_adapter
+
+    plan = model.plan
+    loaded = load_encoder_adapter(model, adapter, merge=merge_adapter)
+    (loaded.get_base_model() if hasattr(loaded, "peft_config") else loaded).plan = plan
+    return loaded
+
+
+def save_registration(model: Any, save_directory: str | Path) -> Path:
+    """Save a registration model, plain or wrapped by peft (LoRA on the shared encoder).
+
+    The model folder gets config.json + model.safetensors (no shared-encoder weights) +
+    preprocess_plan.json; a peft model's encoder LoRA goes APART into ``encoder_adapter/``
+    (peft layout + ``radfm_adapter.json`` with the encoder's SHA-256, ``radfm.adapters``).
+    """
+    import shutil
+
+    out = Path(save_directory)
+    is_peft = hasattr(model, "peft_config")
+    base = model.get_base_model() if is_peft else model
+    base.save_pretrained(out)
+    adapter = out / ADAPTER_SUBDIR
+    if is_peft:
+        from radfm.adapters import save_encoder_adapter
+
+        if base.config.encoder_source != "shared":
+            raise ConfigError("an adapter saved apart needs the shared encoder (encoder_source='shared').")
+        save_encoder_adapter(model, adapter, task=REG_TASK, base_encoder="radfm/starter/cnn_encoder")
+    elif adapter.is_dir():  # a stale adapter would be applied to this model on load
+        shutil.rmtree(adapter)
+    return out
 
 
 def _file_sha256(path: Path) -> str:

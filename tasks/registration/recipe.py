@@ -25,11 +25,10 @@ import yaml
 
 from radfm.config import to_dict
 from radfm.errors import ConfigError
-from radfm.tasks.registration.model import RadFMRegConfig, RadFMRegistration
+from radfm.tasks.registration.model import RadFMRegConfig, RadFMRegistration, save_registration
 from radfm.tasks.registration.train import (
     Subject,
     TrainConfig,
-    merge_lora,
     phantom_subjects,
     subject_from_volume,
     train,
@@ -47,7 +46,8 @@ class RegRecipe:
     Attributes:
         output_dir: folder for ``model/``, ``loss_curve.png`` and the training record.
         encoder: ``None`` (a fresh tiny encoder, trained in full: the shipped model),
-            ``"starter"`` (radfm's starter encoder; frozen trunk, not stored) or a
+            ``"shared"`` (radfm's shared CNN encoder, LoRA saved apart in ``model/encoder_adapter``),
+            ``"starter"`` (radfm's ViT starter encoder; frozen trunk, not stored) or a
             ``RadFMEncoder`` directory (LoRA on it unless ``train.encoder_mode`` says otherwise).
         init: continue from this registration model directory (a second stage).
         diffeomorphic: integrate a stationary velocity field (scaling and squaring).
@@ -59,8 +59,7 @@ class RegRecipe:
             recipe never silently trains on less than it says.
         stop_after: end after this many steps while the schedule spans ``train.steps``
             (the shipped model's first stage was stopped this way).
-        checkpoint_every: save ``model/`` every this many steps (not in LoRA mode: the
-            adapter is merged only at the end).
+        checkpoint_every: save ``model/`` every this many steps (with the adapter apart in LoRA mode).
         threads: torch CPU threads (1 is fastest on a machine shared with other jobs).
         cpu: force the CPU even where a GPU is present (``Accelerator(cpu=True)``).
         train: the optimisation and loss recipe (:class:`TrainConfig`).
@@ -84,8 +83,10 @@ def build_model(recipe: RegRecipe) -> RadFMRegistration:
     """The model the recipe starts from (``init``, the starter encoder, an encoder folder, or fresh)."""
     from radfm.models import RadFMEncoder
 
-    if recipe.init is not None:
-        return RadFMRegistration.from_pretrained(recipe.init)
+    if recipe.init is not None:  # a shared-encoder model comes back as a peft model (its adapter trains on)
+        return RadFMRegistration.from_pretrained(recipe.init, merge_adapter=False)
+    if recipe.encoder == "shared":
+        return RadFMRegistration.from_shared_encoder(diffeomorphic=recipe.diffeomorphic)
     if recipe.encoder == "starter":
         return RadFMRegistration.from_starter_encoder(diffeomorphic=recipe.diffeomorphic)
     if recipe.encoder is not None:
@@ -99,10 +100,11 @@ def build_model(recipe: RegRecipe) -> RadFMRegistration:
 
 def _encoder_mode(recipe: RegRecipe) -> Literal["full", "frozen", "lora"]:
     """The encoder mode the recipe implies when ``train.encoder_mode`` is left at "full" for a
-    pretrained encoder: the starter encoder stays frozen, another encoder folder gets LoRA."""
+    pretrained encoder: the starter encoder stays frozen, the shared CNN gets LoRA (saved apart).
+    Another encoder folder is trained in full (its weights are then stored in the checkpoint)."""
     if recipe.train.encoder_mode != "full" or recipe.encoder is None or recipe.init is not None:
         return recipe.train.encoder_mode
-    return "frozen" if recipe.encoder == "starter" else "lora"
+    return {"starter": "frozen", "shared": "lora"}.get(recipe.encoder, "full")
 
 
 def _resolve_real(name: str) -> Path:
@@ -168,13 +170,11 @@ def run_recipe(recipe: RegRecipe) -> Path:
         (out / "registration_recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
     log.info("training registration on %d subject(s), encoder mode %s, %d process(es)", len(subjects), mode,
              accelerator.num_processes)
-    history = train(model, subjects, cfg, checkpoint_dir=model_dir if mode != "lora" and main else None,
+    history = train(model, subjects, cfg, checkpoint_dir=model_dir if main else None,
                     checkpoint_every=recipe.checkpoint_every, stop_after=recipe.stop_after,
                     accelerator=accelerator)
-    if mode == "lora":
-        merge_lora(model)
     if main:
-        model.save_pretrained(model_dir)
+        save_registration(history.pop("model"), model_dir)
         record = {"train_config": {k: v for k, v in to_dict(cfg).items() if k != "progress"},
                   "recipe": to_dict(recipe), "subjects": [s.name for s in subjects],
                   "seconds": history["seconds"], "steps": history["steps"],

@@ -15,8 +15,9 @@ smoothness + Jacobian folding penalty, and weak Dice supervision when the subjec
 Encoder modes: "full" (train everything; for the tiny from-scratch encoder), "frozen" (a
 pretrained encoder stays fixed, stem + decoder train; on radfm's starter encoder its untrained
 MAE pyramid trains too and only the trunk stays fixed and out of the checkpoint) or "lora"
-(LoRA factors on the encoder via peft with radfm.adapters' ``LoraSpec``; merged into the
-weights when saved, so the checkpoint is a plain model).
+(the shared CNN encoder, ``encoder_source="shared"``: LoRA on its residual convs through
+``radfm.adapters.attach_encoder_lora``, projections + decoder trainable; saved APART by
+``model.save_registration``: the checkpoint holds the decoder, ``encoder_adapter/`` the LoRA).
 
 Deterministic for a seed on one machine (numpy ``default_rng`` streams, ``torch.manual_seed``).
 Run: ``radfm train registration -c configs/registration/starter.yaml [key=value …]`` (the recipe
@@ -47,11 +48,12 @@ from radfm.io import Volume
 from radfm.models import MODALITY_IDS
 from radfm.tasks.registration import functional as RF
 from radfm.tasks.registration import losses as L
-from radfm.tasks.registration.model import RadFMRegistration
+from radfm.tasks.registration.model import RadFMRegistration, save_registration
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Subject", "TrainConfig", "make_pair", "phantom_subjects", "subject_from_volume", "train"]
+__all__ = ["Subject", "TrainConfig", "make_pair", "phantom_subjects", "prepare_encoder", "subject_from_volume",
+           "train"]
 
 
 @dataclass
@@ -208,32 +210,36 @@ def make_pair(subject: Subject, rng: np.random.Generator, cfg: TrainConfig, *, s
 
 
 # ----------------------------------------------------------------------------- encoder modes
-def _setup_encoder(model: RadFMRegistration, cfg: TrainConfig) -> None:
+def prepare_encoder(model: Any, cfg: TrainConfig) -> Any:
+    """Set what trains for ``cfg.encoder_mode``; returns the module to train (a peft model for "lora").
+
+    A peft model (e.g. loaded with ``merge_adapter=False`` to continue a run) is returned as is.
+    """
+    if hasattr(model, "peft_config"):
+        return model
+    shared = model.config.encoder_source == "shared"
     if cfg.encoder_mode == "full":
-        return
+        if shared:
+            raise ConfigError("the shared encoder cannot be trained in full: its weights are not stored.",
+                              "Use train.encoder_mode=lora (adapter saved apart) or frozen.")
+        return model
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     if cfg.encoder_mode == "frozen":
         if model.config.encoder_source == "starter":  # the starter's pyramid is untrained (MAE): train it
             for p in model.encoder.pyramid.parameters():
                 p.requires_grad_(True)
-        return
+        return model
     if cfg.encoder_mode != "lora":
         raise ConfigError(f"encoder_mode must be 'full', 'frozen' or 'lora', got {cfg.encoder_mode!r}.")
-    from radfm.adapters.lora import LoraSpec, inject_encoder_lora
+    if not shared:
+        raise ConfigError("encoder_mode='lora' saves the adapter apart and needs the shared CNN encoder.",
+                          "Start from RadFMRegistration.from_shared_encoder() (recipe: encoder: shared).")
+    from radfm.adapters import LoraSpec, attach_encoder_lora
 
-    inject_encoder_lora(model, LoraSpec(r=cfg.lora_r, alpha=2.0 * cfg.lora_r, include_pyramid=True),
-                        adapter_name="registration")
-
-
-def merge_lora(model: RadFMRegistration) -> int:
-    """Fold injected LoRA factors into the encoder's weights (plain modules again); returns the count.
-
-    Why: the shipped checkpoint is then an ordinary ``RadFMRegistration`` that loads without peft.
-    """
-    from radfm.adapters.lora import merge_injected_lora
-
-    return merge_injected_lora(model.encoder)
+    trainable = [n for n in ("proj", "decoders") if getattr(model, n, None) is not None]
+    return attach_encoder_lora(model, LoraSpec(r=cfg.lora_r, alpha=2.0 * cfg.lora_r),
+                               trainable_modules=trainable)
 
 
 # ----------------------------------------------------------------------------- loop
@@ -252,9 +258,11 @@ def train(model: RadFMRegistration, subjects: Sequence[Subject], cfg: TrainConfi
     ``cfg.steps`` (a run stopped part-way, as the shipped model's first stage was).
 
     Returns:
-        ``{"loss": [...], "epe_vox": [...], "skipped": int, "seconds": float, "steps": int}``, one
-        entry per step (``epe_vox``: mean endpoint error of the final field in model-grid voxels;
-        ``skipped``: steps whose loss or gradient was not finite and were not applied).
+        ``{"loss": [...], "epe_vox": [...], "skipped": int, "seconds": float, "steps": int,
+        "model": the trained module}``, one entry per step (``epe_vox``: mean endpoint error of the
+        final field in model-grid voxels; ``skipped``: steps whose loss or gradient was not finite
+        and were not applied; ``model``: ``model`` itself, or its peft wrapper in LoRA mode, which
+        :func:`save_registration` saves with the adapter apart).
     """
     if not subjects:
         raise ConfigError("train() needs at least one subject.")
@@ -266,7 +274,7 @@ def train(model: RadFMRegistration, subjects: Sequence[Subject], cfg: TrainConfi
     torch.manual_seed(cfg.seed + rank)
     # One process keeps the historical stream (seed only), so single-process runs reproduce earlier ones.
     rng = np.random.default_rng(cfg.seed if accelerator.num_processes == 1 else [cfg.seed, rank])
-    _setup_encoder(model, cfg)
+    model = prepare_encoder(model, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -274,7 +282,7 @@ def train(model: RadFMRegistration, subjects: Sequence[Subject], cfg: TrainConfi
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1))
         * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(cfg.steps, 1), 1.0)))))
-    reg_config = model.config
+    reg_config = (model.get_base_model() if hasattr(model, "peft_config") else model).config
     wrapped, opt = accelerator.prepare(model, opt)
     device = accelerator.device
     sim = L.similarity_loss(cfg.similarity)
@@ -321,13 +329,13 @@ def train(model: RadFMRegistration, subjects: Sequence[Subject], cfg: TrainConfi
         history["epe_vox"].append(e)
         if cfg.progress and main:
             bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", epe=f"{e:.2f}")
-        if (checkpoint_dir is not None and main and (step + 1) % checkpoint_every == 0
-                and cfg.encoder_mode != "lora"):
-            accelerator.unwrap_model(wrapped).save_pretrained(checkpoint_dir)
+        if checkpoint_dir is not None and main and (step + 1) % checkpoint_every == 0:
+            save_registration(accelerator.unwrap_model(wrapped), checkpoint_dir)
             (Path(checkpoint_dir) / "training_progress.json").write_text(json.dumps(
                 {"step": step + 1, "epe_vox_last100": float(np.nanmean(history["epe_vox"][-100:])),
                  "loss_last100": float(np.nanmean(history["loss"][-100:])), "skipped": history["skipped"]}) + "\n")
     model.eval()
     history["seconds"] = time.perf_counter() - t0
     history["steps"] = n_steps
+    history["model"] = model
     return history

@@ -54,6 +54,23 @@ def test_train_registration_runs_a_tiny_recipe_and_writes_model_and_curve(tmp_pa
         assert not torch.equal(model(x, x.roll(2, dims=2)).ddf, fresh(x, x.roll(2, dims=2)).ddf)
 
 
+def test_train_registration_on_the_shared_encoder_saves_the_adapter_apart(tmp_path, capsys) -> None:
+    """``encoder: shared`` trains LoRA on the shared CNN (recipe -> accelerate loop) and leaves the
+    adapter folder beside a decoder-only checkpoint that loads back."""
+    pytest.importorskip("peft")
+    recipe = tmp_path / "shared.yaml"
+    recipe.write_text("encoder: shared\n" + TINY.format(out=tmp_path / "run"))
+    assert main(["train", "registration", "-c", str(recipe)]) == 0
+    model_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (model_dir / "encoder_adapter" / "radfm_adapter.json").is_file()
+    assert json.loads((model_dir / "training.json").read_text())["train_config"]["encoder_mode"] == "lora"
+    model = RadFMRegistration.from_pretrained(model_dir)
+    assert model.config.encoder_source == "shared"
+    shipped_recipe = load_config(RegRecipe, REPO / "configs/registration/shared-cnn.yaml")
+    assert shipped_recipe.encoder == "shared" and shipped_recipe.train.encoder_mode == "lora"
+    assert all(c % 16 == 0 for c in shipped_recipe.train.crop_vox)
+
+
 def test_train_help_lists_every_task(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])
