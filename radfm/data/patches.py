@@ -1,8 +1,9 @@
-"""Patch sampling for training, and the ONE place where canonical arrays become model arrays.
+"""Patch sampling for training.
 
 Axis order: radfm volumes are canonical RAS+ ``(X, Y, Z)`` (``Volume.array``, channels last:
 ``(X, Y, Z, C)``); models take ``(C, D, H, W)`` with ``(D, H, W) = (z, y, x)``. The conversion is
-a transpose, ``canonical_to_model`` / ``model_to_canonical``, and every other module should call
+a transpose, ``canonical_to_model`` / ``model_to_canonical``, defined with the rest of the
+geometry in ``radfm.preprocess.geometry`` (re-exported here); every other module should call
 these instead of transposing by hand (a hand-written transpose that is its own inverse for
 cubes hides bugs until the first non-cubic scan). Displacement fields also need their channel
 order reversed: ``radfm.data.deform.field_canonical_to_model``.
@@ -15,38 +16,16 @@ volumes smaller than the patch are padded.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
 from radfm.errors import InputError
+from radfm.preprocess.geometry import canonical_to_model, model_to_canonical
 
-
-def canonical_to_model(array: Any, *, channels: Literal["last", "first"] = "last") -> Any:
-    """Canonical RAS+ array -> model order.
-
-    ``(X, Y, Z)`` -> ``(Z, Y, X)``; 4D ``(X, Y, Z, C)`` (``channels="last"``, the ``Volume`` layout)
-    or ``(C, X, Y, Z)`` (``channels="first"``) -> ``(C, Z, Y, X)``. Works on numpy arrays (a view)
-    and torch tensors (``permute``).
-    """
-    if array.ndim == 3:
-        perm: tuple[int, ...] = (2, 1, 0)
-    elif array.ndim == 4:
-        perm = (3, 2, 1, 0) if channels == "last" else (0, 3, 2, 1)
-    else:
-        raise InputError(f"expected a 3D or 4D array, got shape {tuple(array.shape)}.")
-    return array.permute(*perm) if isinstance(array, torch.Tensor) else array.transpose(perm)
-
-
-def model_to_canonical(array: Any, *, channels: Literal["last", "first"] = "last") -> Any:
-    """Inverse of ``canonical_to_model``: ``(Z, Y, X)`` -> ``(X, Y, Z)``; ``(C, Z, Y, X)`` ->
-    ``(X, Y, Z, C)`` (``channels="last"``) or ``(C, X, Y, Z)`` (``channels="first"``).
-
-    The same call as ``canonical_to_model``: each of its axis permutations is its own inverse.
-    """
-    return canonical_to_model(array, channels=channels)
+__all__ = ["PatchDataset", "canonical_to_model", "extract_patch", "model_to_canonical", "sample_patch_centers"]
 
 
 def _center_range(dim: int, size: int) -> tuple[int, int]:

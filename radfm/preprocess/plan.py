@@ -5,10 +5,11 @@ was trained with will be fed the wrong input sooner or later (nnU-Net's lesson).
 a small dataclass written as ``preprocess_plan.json`` beside the weights; ``apply_plan`` is
 the only function that turns a ``Volume`` into model input, and ``restore_to_input`` the only
 one that maps model output back onto the volume's canonical grid (then ``radfm.io.save_like``
-writes it in the file's own space).
+writes it in the file's own space). Every coordinate map of a prepared input lives in its
+``geometry`` (``radfm.preprocess.geometry.PreparedGeometry``).
 
 Model input order is ``(C, D, H, W)`` = canonical ``(Z, Y, X)`` (see
-``radfm.data.patches.canonical_to_model``).
+``radfm.preprocess.geometry.canonical_to_model``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from radfm.config import from_dict, to_dict
-from radfm.data.patches import canonical_to_model, model_to_canonical
 from radfm.errors import ConfigError, InputError
 from radfm.io.volume import Volume
+from radfm.preprocess.geometry import PreparedGeometry, canonical_to_model
 
 PLAN_FILENAME = "preprocess_plan.json"
 
@@ -76,23 +77,34 @@ class PreprocessPlan:
         return from_dict(cls, json.loads(path.read_text()))
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class PreparedInput:
-    """Model input and what is needed to map results back.
+    """Model input and its geometry (every map back to the volume and the file).
 
     Attributes:
         tensor: ``(C, D, H, W)`` float32, normalised, resampled, padded to ``pad_multiple``.
-        canonical_shape: spatial shape of the volume's canonical array (X, Y, Z).
-        resampled_shape: (D, H, W) after resampling, before padding.
-        pad: (D, H, W) voxels of padding added at the end of each axis.
+        geometry: stored / world / canonical / model-grid maps (:class:`PreparedGeometry`).
         spacing_dhw: voxel size in mm of the tensor along (D, H, W).
     """
 
     tensor: torch.Tensor
-    canonical_shape: tuple[int, int, int]
-    resampled_shape: tuple[int, int, int]
-    pad: tuple[int, int, int]
+    geometry: PreparedGeometry
     spacing_dhw: tuple[float, float, float]
+
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        """Spatial shape of the volume's canonical array (X, Y, Z)."""
+        return self.geometry.canonical_shape
+
+    @property
+    def resampled_shape(self) -> tuple[int, int, int]:
+        """(D, H, W) after resampling, before padding."""
+        return self.geometry.resampled_shape
+
+    @property
+    def pad(self) -> tuple[int, int, int]:
+        """(D, H, W) voxels of padding added at the end of each axis."""
+        return self.geometry.pad
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """Crop the trailing padding from ``(..., D, H, W)``."""
@@ -141,24 +153,18 @@ def apply_plan(volume: Volume, plan: PreprocessPlan) -> PreparedInput:
     pad = tuple((-n) % m for n, m in zip(resampled, plan.pad_multiple))
     if any(pad):
         t = F.pad(t, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
-    return PreparedInput(tensor=t.contiguous().float(), canonical_shape=volume.shape,
-                         resampled_shape=resampled, pad=pad, spacing_dhw=spacing_dhw)
+    t = t.contiguous().float()
+    geometry = PreparedGeometry.of(volume, resampled, tuple(int(n) for n in t.shape[1:]))
+    return PreparedInput(tensor=t, geometry=geometry, spacing_dhw=spacing_dhw)
 
 
 def restore_to_input(output: torch.Tensor, prepared: PreparedInput, *, kind: Literal["label", "continuous"]) -> np.ndarray:
     """Model output ``(K, D, H, W)`` (padded grid) → canonical array on the volume's grid.
 
-    ``kind="label"``: ``output`` holds per-class scores/logits/probabilities (K ≥ 2) or one
-    foreground logit (K = 1); they are resampled linearly and then argmax'd / thresholded at
-    0, which is smoother than resampling the hard labels. ``kind="continuous"``: images or
-    fields, resampled linearly, returned as (X, Y, Z, K) or (X, Y, Z) when K = 1.
+    The same map as ``PreparedGeometry.to_canonical`` on the whole grid: ``kind="label"``:
+    ``output`` holds per-class scores/logits/probabilities (K ≥ 2) or one foreground logit (K = 1);
+    they are resampled linearly and then argmax'd / thresholded at 0, which is smoother than
+    resampling the hard labels. ``kind="continuous"``: images or fields, resampled linearly,
+    returned as (X, Y, Z, K) or (X, Y, Z) when K = 1.
     """
-    x = prepared.unpad(output.float())
-    target = tuple(reversed(prepared.canonical_shape))
-    if tuple(x.shape[1:]) != target:
-        x = F.interpolate(x[None], size=target, mode="trilinear", align_corners=False)[0]
-    if kind == "label":
-        lab = (x[0] > 0).to(torch.uint8) if x.shape[0] == 1 else x.argmax(0).to(torch.uint8)
-        return model_to_canonical(lab.numpy())
-    arr = np.stack([model_to_canonical(c) for c in x.numpy()], axis=-1)
-    return arr[..., 0] if arr.shape[-1] == 1 else arr
+    return prepared.geometry.to_canonical(output, kind=kind)

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from radfm.check import require_valid
-from radfm.data.patches import canonical_to_model, model_to_canonical
 from radfm.errors import ConfigError, InputError
 from radfm.io import Volume
 from radfm.metrics import jacobian_stats
 from radfm.models import MODALITY_IDS
+from radfm.preprocess.geometry import canonical_to_model, model_to_canonical
 from radfm.preprocess.plan import apply_plan
 from radfm.tasks.registration import functional as RF
 from radfm.tasks.registration.model import RadFMRegistration

@@ -24,7 +24,7 @@ __all__ = ["mask_summary", "segment_file"]
 
 def mask_summary(mask: np.ndarray, volume: Volume) -> dict[str, Any]:
     """Volume (ml) and bounding box of a canonical mask, in native voxel indices and world RAS+ mm."""
-    from radfm.io import canonical_index_to_native, canonical_index_to_world
+    from radfm.preprocess.geometry import PreparedGeometry
 
     n = int(np.count_nonzero(mask))
     voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
@@ -33,13 +33,12 @@ def mask_summary(mask: np.ndarray, volume: Volume) -> dict[str, Any]:
         out.update({"bbox_voxel": None, "bbox_mm": None})
         return out
     idx = np.argwhere(mask)
-    lo, hi = idx.min(0), idx.max(0)
-    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
-    native = canonical_index_to_native(corners, volume)
-    world = canonical_index_to_world(corners, volume)
-    out["bbox_voxel"] = {"min": np.rint(native.min(0)).astype(int).tolist(), "max": np.rint(native.max(0)).astype(int).tolist(),
+    geometry = PreparedGeometry.of(volume)
+    native = geometry.convert_box(idx.min(0), idx.max(0), "canonical", "stored")
+    world = geometry.convert_box(idx.min(0), idx.max(0), "canonical", "world")
+    out["bbox_voxel"] = {"min": np.rint(native[0]).astype(int).tolist(), "max": np.rint(native[1]).astype(int).tolist(),
                          "space": "native voxel indices (i, j, k) of the file as stored"}
-    out["bbox_mm"] = {"min": np.round(world.min(0), 2).tolist(), "max": np.round(world.max(0), 2).tolist(),
+    out["bbox_mm"] = {"min": np.round(world[0], 2).tolist(), "max": np.round(world[1], 2).tolist(),
                       "space": "world RAS+ mm of voxel centres"}
     return out
 
@@ -71,12 +70,13 @@ def segment_file(image: str | Path, *, out: str | Path, points: Sequence[Sequenc
                  box: Sequence[float] | None = None, model_dir: str | Path | None = None,
                  adapter: str | Path | None = None, dicom_seg: str | Path | None = None,
                  modality: str | None = None, series: int | None = None, structure: str | None = None,
-                 dtype: Literal["fp32", "bf16"] = "fp32") -> dict[str, Any]:
+                 dtype: Literal["fp32", "bf16"] = "fp32", deidentify: bool = False) -> dict[str, Any]:
     """Segment one object in an image file from clicks/box/a structure name; write the mask in the input's space.
 
     ``points`` / ``box`` are native voxel indices of the file as stored; ``points_mm`` world RAS+ mm.
     ``adapter`` may be a prompt-segmentation LoRA adapter or a ``radfm adapt`` folder (automatic
-    segmentation of its structures; ``structure`` picks one). Returns the summary that
+    segmentation of its structures; ``structure`` picks one). ``deidentify``: the DICOM SEG follows
+    PS3.15 Annex E basic profile (no patient data in it). Returns the summary that
     ``radfm segment --json`` prints (no patient data); ``summary["empty"]`` says whether the mask is empty.
     """
     import time
@@ -103,16 +103,9 @@ def segment_file(image: str | Path, *, out: str | Path, points: Sequence[Sequenc
         model = load_segmenter(model_dir, adapter=adapter)
         predictor = SegPredictor(model, dtype=dtype)
         predictor.set_volume(volume)
-        canon: list[np.ndarray] = []
-        if len(points):
-            canon.append(predictor._convert_points(points, "voxel", "point"))
-        if len(points_mm):
-            canon.append(predictor._convert_points(points_mm, "world", "point"))
-        native_pts = None
-        if canon:
-            from radfm.io import canonical_index_to_native
-
-            native_pts = canonical_index_to_native(np.concatenate(canon), volume)
+        geometry = predictor.geometry
+        canon = [geometry.checked_points(p, c) for p, c in ((points, "voxel"), (points_mm, "world")) if len(p)]
+        native_pts = geometry.convert(np.concatenate(canon), "canonical", "stored") if canon else None
         result = predictor.predict(points=native_pts, labels=[*labels, *labels_mm] or None, box=box, coords="voxel",
                                    class_name=structure)
         model_name = str(model_dir or default_model_dir())
@@ -134,5 +127,6 @@ def segment_file(image: str | Path, *, out: str | Path, points: Sequence[Sequenc
         from radfm.tasks.segmentation.dicom_seg import write_dicom_seg
 
         summary["dicom_seg"] = str(write_dicom_seg(result.mask, volume, dicom_seg,
-                                                   segment_labels=[structure or "segmented object"]))
+                                                   segment_labels=[structure or "segmented object"],
+                                                   deidentify=deidentify))
     return summary

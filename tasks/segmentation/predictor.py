@@ -1,10 +1,9 @@
 """``SegPredictor``: set a volume once, then answer many prompts (segment-anything's SamPredictor in 3D).
 
 Coordinates. Users give prompts as voxel indices of the file *as stored* (``coords="voxel"``:
-nibabel's array order, 3D Slicer's IJK) or as world RAS+ millimetres (``coords="world"``). They are
-converted to canonical indices only through ``radfm.io.coords``; from there to model input voxels
-``(z, y, x)`` by the resampling of the preprocessing plan (``F.interpolate(align_corners=False)``:
-model = (canonical + 0.5) · scale − 0.5 per axis, axes reversed as ``canonical_to_model`` does).
+nibabel's array order, 3D Slicer's IJK) or as world RAS+ millimetres (``coords="world"``). Every map
+(to canonical and model-grid voxels ``(z, y, x)``, and the logits back) is the prepared input's
+``geometry`` (``radfm.preprocess.geometry.PreparedGeometry``); the predictor only chooses windows.
 
 Memory. The whole volume is resampled to the model's spacing once (a 512×512×400 CT at 0.7 mm
 becomes ~240×240×190 at 1.5 mm), but the encoder only ever sees one window of
@@ -29,15 +28,15 @@ import torch
 
 from radfm.check import require_valid
 from radfm.errors import ConfigError, InputError
-from radfm.io import check_inside, native_index_to_canonical, world_to_canonical_index
 from radfm.io.volume import Volume
 from radfm.models.encoder_config import MODALITY_IDS
+from radfm.preprocess.geometry import PreparedGeometry, Window
 from radfm.preprocess.plan import PreparedInput, PreprocessPlan, apply_plan
 from radfm.tasks.segmentation.calibration import stability_score
 from radfm.tasks.segmentation.loading import load_calibration
 from radfm.tasks.segmentation.model import ImageEmbeddings, RadFMPromptSegmenter
 from radfm.tasks.segmentation.results import Prompts, SegResult
-from radfm.tasks.segmentation.window import logits_to_canonical, tile_weight
+from radfm.tasks.segmentation.window import tile_weight
 
 __all__ = ["SegPredictor"]
 
@@ -82,7 +81,7 @@ class SegPredictor:
         self.volume: Volume | None = None
         self._prepared: PreparedInput | None = None
         self._cache: OrderedDict[tuple[int, ...], ImageEmbeddings] = OrderedDict()
-        self._window: tuple[tuple[int, int], ...] | None = None
+        self._window: Window | None = None
 
     # --- volume ------------------------------------------------------------------------------
     def set_volume(self, volume: Volume) -> None:
@@ -115,18 +114,23 @@ class SegPredictor:
             raise InputError("no volume set.", "Call set_volume(volume) first.")
         return self._prepared
 
+    @property
+    def geometry(self) -> PreparedGeometry:
+        """Every coordinate map of the set volume (stored, world, canonical, model grid)."""
+        return self.prepared.geometry
+
     def canonical_to_model(self, canonical: np.ndarray) -> np.ndarray:
         """Continuous canonical indices ``(N, 3)`` (x, y, z) → model-grid indices (z, y, x)."""
-        return self._to_model(np.asarray(canonical, dtype=np.float64))
+        return self.geometry.convert(canonical, "canonical", "model")
 
-    def window_for(self, model_points: np.ndarray) -> tuple[tuple[int, int], ...]:
+    def window_for(self, model_points: np.ndarray) -> Window:
         """The model-grid window ``((z0, z1), (y0, y1), (x0, x1))`` ``predict`` would embed for these points."""
         pts = np.asarray(model_points, float).reshape(-1, 3)
         return self._select_window(Prompts(points=pts, labels=np.ones(len(pts), int), box=None))
 
-    def logits_to_canonical(self, logits: torch.Tensor, window: tuple[tuple[int, int], ...]) -> np.ndarray:
+    def logits_to_canonical(self, logits: torch.Tensor, window: Window) -> np.ndarray:
         """``(d, h, w)`` logits on a window → ``(X, Y, Z)`` uint8 mask on the volume's grid (``> 0``)."""
-        return self._logits_to_canonical(logits, window)
+        return self.geometry.to_canonical(logits, kind="label", window=window)
 
     def reset_volume(self) -> None:
         """Forget the volume and its cached embeddings."""
@@ -134,10 +138,9 @@ class SegPredictor:
         self._cache.clear()
 
     def _padded_shape(self) -> tuple[int, int, int]:
-        assert self._prepared is not None
-        return tuple(int(s) for s in self._prepared.tensor.shape[1:])  # type: ignore[return-value]
+        return self.geometry.padded_shape
 
-    def _full_window(self) -> tuple[tuple[int, int], ...] | None:
+    def _full_window(self) -> Window | None:
         shape = self._padded_shape()
         if all(s <= w for s, w in zip(shape, self.model.config.window_size)):
             return tuple((0, s) for s in shape)
@@ -148,7 +151,7 @@ class SegPredictor:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
             yield
 
-    def _embedding(self, window: tuple[tuple[int, int], ...]) -> ImageEmbeddings:
+    def _embedding(self, window: Window) -> ImageEmbeddings:
         key = tuple(v for pair in window for v in pair)
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -165,51 +168,10 @@ class SegPredictor:
         return emb
 
     # --- prompts -----------------------------------------------------------------------------
-    def _to_model(self, canonical: np.ndarray) -> np.ndarray:
-        """Continuous canonical (x, y, z) → continuous model-input (z, y, x) of the resampled grid."""
-        assert self._prepared is not None
-        scale = np.asarray(self._prepared.resampled_shape, float) / np.asarray(
-            self._prepared.canonical_shape[::-1], float)
-        return (canonical[..., ::-1] + 0.5) * scale - 0.5  # axis reversal = canonical_to_model
-
-    def _convert_points(self, values: Any, coords: str, what: str) -> np.ndarray:
-        """User points → canonical continuous indices (N, 3), checked inside the volume."""
-        assert self.volume is not None
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.ndim == 1:
-            arr = arr.reshape(1, -1)
-        if arr.ndim != 2 or arr.shape[1] != 3:
-            raise InputError(f"{what} must be three numbers per point, got shape {np.shape(values)}.",
-                             "Give (i, j, k) voxel indices or (x, y, z) world mm per point.")
-        if not np.all(np.isfinite(arr)):
-            raise InputError(f"{what} contains NaN or infinite values: {arr.tolist()}.", "Give finite coordinates.")
-        if coords == "voxel":
-            shape = self.volume.native.shape[:3] if self.volume.native is not None else self.volume.shape
-            check_inside(arr, tuple(shape))  # names the native axis and its valid range
-            return native_index_to_canonical(arr, self.volume)
-        if coords == "world":
-            canon = world_to_canonical_index(arr, self.volume)
-            try:
-                check_inside(canon, self.volume.shape)
-            except InputError as exc:
-                bad = next(i for i, c in enumerate(canon)
-                           if np.any((np.rint(c) < 0) | (np.rint(c) >= np.asarray(self.volume.shape))))
-                lo = self.volume.affine @ np.array([-0.5, -0.5, -0.5, 1.0])
-                hi = self.volume.affine @ np.array([*(np.asarray(self.volume.shape) - 0.5), 1.0])
-                box = ", ".join(f"{min(a, b):.1f}..{max(a, b):.1f}" for a, b in zip(lo[:3], hi[:3]))
-                raise InputError(
-                    f"{what} ({', '.join(f'{v:g}' for v in arr[bad])}) mm (world RAS+) is outside the image, "
-                    f"whose voxels span x, y, z = {box} mm (corner to corner of the grid).",
-                    "Check the coordinate system: --point-mm takes RAS+ millimetres as 3D Slicer shows them "
-                    "(DICOM viewers show LPS: negate x and y).") from exc
-            return canon
-        raise InputError(f"coords must be 'voxel' or 'world', got {coords!r}.")
-
     def _prompts(self, points: Any, labels: Any, box: Any, coords: str, class_name: str | None) -> Prompts:
         pts = lab = bx = None
         if points is not None and np.size(points) > 0:
-            canon = self._convert_points(points, coords, "point")
-            pts = self._to_model(canon)
+            pts = self.geometry.convert(self.geometry.checked_points(points, coords), "canonical", "model")
             lab = np.ones(len(pts), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
             if lab.shape[0] != pts.shape[0]:
                 raise InputError(f"{pts.shape[0]} point(s) but {lab.shape[0]} label(s).",
@@ -220,25 +182,9 @@ class SegPredictor:
         elif labels is not None and np.size(labels) > 0:
             raise InputError("labels were given without points.")
         if box is not None:
-            arr = np.asarray(box, dtype=np.float64).reshape(-1)
-            if arr.size != 6:
-                raise InputError(f"a box needs 6 numbers (two opposite corners i0, j0, k0, i1, j1, k1), got {arr.size}.")
-            corners = self._convert_points(arr.reshape(2, 3), coords, "box corner")
-            lo, hi = corners.min(axis=0), corners.max(axis=0)
-            flat = np.flatnonzero(np.rint(hi) - np.rint(lo) < 1)
-            if flat.size:
-                ax = int(flat[0])
-                raise InputError(f"the box has zero size along canonical axis {ax} ({'RAS'[ax]}): both corners "
-                                 f"fall on voxel {int(np.rint(lo[ax]))}.",
-                                 "Give two opposite corners of a box around the object (at least 2 voxels wide "
-                                 "along every axis).")
-            # Inclusive voxel box → model voxels covering the same extent (see module doc).
-            assert self._prepared is not None
-            scale = np.asarray(self._prepared.resampled_shape, float) / np.asarray(
-                self._prepared.canonical_shape[::-1], float)
-            mlo = np.rint(lo)[::-1] * scale
-            mhi = (np.rint(hi)[::-1] + 1.0) * scale - 1.0
-            bx = np.concatenate([mlo, np.maximum(mhi, mlo)])
+            lo, hi = self.geometry.checked_box(box, coords)
+            # inclusive canonical voxels → the model voxels covering the same extent
+            bx = np.concatenate(self.geometry.convert_box(np.rint(lo), np.rint(hi), "canonical", "model", extent=True))
         cid = self.model.class_id(class_name) if class_name is not None else -1
         if pts is None and bx is None and cid < 0:
             raise InputError("empty prompt: no point, box or structure name was given.",
@@ -246,7 +192,7 @@ class SegPredictor:
         return Prompts(points=pts, labels=lab, box=bx, class_id=cid)
 
     # --- windows -----------------------------------------------------------------------------
-    def _window_around(self, lo: np.ndarray, hi: np.ndarray) -> tuple[tuple[int, int], ...]:
+    def _window_around(self, lo: np.ndarray, hi: np.ndarray) -> Window:
         shape = self._padded_shape()
         out = []
         for a in range(3):
@@ -259,7 +205,7 @@ class SegPredictor:
             out.append((start, start + w))
         return tuple(out)
 
-    def _select_window(self, prompts: Prompts) -> tuple[tuple[int, int], ...]:
+    def _select_window(self, prompts: Prompts) -> Window:
         lo, hi = prompts.extent() if (prompts.points is not None or prompts.box is not None) else (
             np.zeros(3), np.asarray(self._padded_shape(), float) - 1)
         full = self._full_window()
@@ -270,7 +216,7 @@ class SegPredictor:
             return self._window
         return self._window_around(lo, hi)
 
-    def _window_contains(self, window: tuple[tuple[int, int], ...], lo: np.ndarray, hi: np.ndarray,
+    def _window_contains(self, window: Window, lo: np.ndarray, hi: np.ndarray,
                          margin: float) -> bool:
         shape = self._padded_shape()
         for a, (s, e) in enumerate(window):
@@ -333,14 +279,14 @@ class SegPredictor:
         logits = out.masks[0].float()
 
         def to_canonical(lg: torch.Tensor) -> np.ndarray:
-            return self._logits_to_canonical(lg, window)
+            return self.logits_to_canonical(lg, window)
 
         return self._result(mask=to_canonical(logits[best]), scores=scores, best=best,
                             low_res=out.low_res_logits[:, best:best + 1].float().clone(), window=window,
                             candidate_logits=logits, to_canonical=to_canonical,
                             stability=self._stability(logits[best]))
 
-    def _mask_input(self, mask_input: SegResult | torch.Tensor | None, window: tuple[tuple[int, int], ...],
+    def _mask_input(self, mask_input: SegResult | torch.Tensor | None, window: Window,
                     emb: ImageEmbeddings) -> torch.Tensor | None:
         if mask_input is None:
             return None
@@ -359,7 +305,7 @@ class SegPredictor:
                              "Pass the previous SegResult (or its low_res_logits) of this volume.")
         return t
 
-    def _shift_mask(self, low: torch.Tensor, old: tuple[tuple[int, int], ...], new: tuple[tuple[int, int], ...],
+    def _shift_mask(self, low: torch.Tensor, old: Window, new: Window,
                     emb: ImageEmbeddings) -> torch.Tensor:
         """Previous low-res logits re-cut for a new window: the overlap is copied, the rest is background."""
         want = self.model.mask_input_size(emb.input_size)
@@ -378,7 +324,7 @@ class SegPredictor:
         log.info("prompts moved the window from %s to %s; the previous mask was moved with it", old, new)
         return out
 
-    def _decode(self, emb: ImageEmbeddings, prompts: Prompts, window: tuple[tuple[int, int], ...],
+    def _decode(self, emb: ImageEmbeddings, prompts: Prompts, window: Window,
                 mask_t: torch.Tensor | None, multimask: bool) -> Any:
         off = np.array([s for s, _ in window], float)
         kw: dict[str, Any] = {}
@@ -401,7 +347,7 @@ class SegPredictor:
         return stability_score(logits, 1.0 if offset is None else offset)
 
     def _result(self, *, mask: np.ndarray, scores: np.ndarray, best: int, low_res: torch.Tensor | None,
-                window: tuple[tuple[int, int], ...] | None, candidate_logits: torch.Tensor | None = None,
+                window: Window | None, candidate_logits: torch.Tensor | None = None,
                 to_canonical: Any = None, stability: float | None = None) -> SegResult:
         score = float(np.clip(scores[best], 0.0, 1.0))
         expected, low = None, False
@@ -451,13 +397,7 @@ class SegPredictor:
                     scores.append(float(out.iou_predictions[0, 0]))
         logits = acc / wsum.clamp_min(1e-6)
         window = tuple(span)
-        mask = self._logits_to_canonical(logits, window)
+        mask = self.logits_to_canonical(logits, window)
         self._window = None
         return self._result(mask=mask, scores=np.array([float(np.mean(scores))]), best=0, low_res=None, window=window,
                             stability=self._stability(logits))
-
-    # --- back to the volume's grid ------------------------------------------------------------
-    def _logits_to_canonical(self, logits: torch.Tensor, window: tuple[tuple[int, int], ...]) -> np.ndarray:
-        """``(d, h, w)`` logits on a model window → ``(X, Y, Z)`` uint8 canonical mask (see ``window``)."""
-        assert self._prepared is not None
-        return logits_to_canonical(self._prepared, logits, window)

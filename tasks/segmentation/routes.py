@@ -90,15 +90,17 @@ def merge_points(volume: Any, pts: list[Any], labels: list[int], pts_mm: list[An
         return (pts or None), (labels or None), "voxel"
     if not pts and not has_box:
         return pts_mm, labels_mm, "world"
-    from radfm.io import canonical_index_to_native, check_inside, world_to_canonical_index
+    from radfm.io import check_inside
+    from radfm.preprocess.geometry import PreparedGeometry
 
-    canon = world_to_canonical_index(pts_mm, volume)
+    geometry = PreparedGeometry.of(volume)
+    canon = geometry.convert(pts_mm, "world", "canonical")
     try:
         check_inside(canon, volume.shape)
     except InputError as exc:
         raise InputError(f"'points_mm': a point is outside the image ({exc.problem})",
                          "points_mm are world RAS+ millimetres (DICOM viewers show LPS: negate x and y).") from None
-    native = canonical_index_to_native(canon, volume)
+    native = geometry.convert(canon, "canonical", "stored")
     return [*pts, *native.tolist()], [*labels, *labels_mm], "voxel"
 
 

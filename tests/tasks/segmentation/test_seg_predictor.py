@@ -64,8 +64,8 @@ def test_click_as_native_voxel_and_as_world_mm_lands_on_the_same_voxel(tmp_path:
     predictor.set_volume(volume)
     native = np.array([[12.0, 9.0, 7.0], [3.0, 25.0, 18.0]])
     world = nib.affines.apply_affine(nib.load(tmp_path / "oblique.nii.gz").affine, native)
-    canon_from_voxel = predictor._convert_points(native, "voxel", "point")
-    canon_from_world = predictor._convert_points(world, "world", "point")
+    canon_from_voxel = predictor.geometry.checked_points(native, "voxel")
+    canon_from_world = predictor.geometry.checked_points(world, "world")
     np.testing.assert_allclose(canon_from_voxel, canon_from_world, atol=1e-6)
     np.testing.assert_allclose(canon_from_voxel, native_index_to_canonical(native, volume))
     # the stored voxel value under the click is the canonical array's value there
@@ -163,17 +163,17 @@ def test_window_logits_map_back_like_restore_to_input() -> None:
     vol = blob_volume((37, 29, 23))
     vol = Volume(array=vol.array, affine=np.diag([1.3, 1.7, 3.1, 1.0]), modality="CT")
     predictor.set_volume(vol)
-    prepared = predictor._prepared
+    prepared = predictor.prepared
     logits = torch.randn(1, *prepared.tensor.shape[1:])
     logits = torch.nn.functional.avg_pool3d(logits[None], 3, 1, 1)[0]  # smooth, like real logits
     full = tuple((0, s) for s in prepared.tensor.shape[1:])
-    mine = predictor._logits_to_canonical(logits[0], full)
+    mine = predictor.logits_to_canonical(logits[0], full)
     ref = restore_to_input(logits, prepared, kind="label")
     assert (mine != ref).mean() < 1e-3  # identical up to float rounding at |logit| ≈ 0
     # a window over part of the grid (model x from 8 on) fills exactly the canonical voxels whose centres
     # it covers, with the same values (except within half a model voxel of its edge, where it clamps)
     part = ((0, full[0][1]), (0, full[1][1]), (8, full[2][1]))
-    sub = predictor._logits_to_canonical(logits[0][:, :, 8:], part)
+    sub = predictor.logits_to_canonical(logits[0][:, :, 8:], part)
     scale = prepared.resampled_shape[2] / vol.shape[0]
     first = int(np.ceil(8 / scale - 0.5))  # first canonical x whose centre maps to model x >= 7.5
     assert not sub[:first].any()
