@@ -54,6 +54,8 @@ def check_path(path: str | Path, *, modality: str | None = None, series: int | N
 def require_valid(volume: Volume, *, modality: str | None = None) -> CheckReport:
     """Check ``volume``; raise :class:`InputError` on errors, log warnings. Every task calls this first."""
     report = check_volume(volume, modality=modality)
+    if volume.native is not None and volume.native.source:
+        report.path = Path(volume.native.source).name  # the file's name only (no server temp folders)
     report.raise_for_errors()
     for f in report.warnings:
         log.warning("input check %s: %s %s", f.code, f.message, f.hint)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bz2
 import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -58,7 +59,7 @@ def _gz_head(p: Path) -> bytes:
     try:
         with gzip.open(p, "rb") as fh:
             return fh.read(544)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         raise InputError(f"{p.name}: not a readable gzip file (truncated or corrupt).",
                          "Copy or export the file again.") from None
 

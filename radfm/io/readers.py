@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from radfm.errors import InputError
+from radfm.errors import InputError, RadfmError
 from radfm.io.coords import LPS_TO_RAS
 from radfm.io.dicom import is_dicom_file, read_dicom_file, read_dicom_series
 from radfm.io.headers import nifti_precheck, numpy_precheck, sitk_precheck
@@ -101,6 +101,18 @@ def load_volume(path: str | Path, *, modality: str | None = None, series: int | 
 
 
 def _read_file(p: Path) -> _Raw:
+    """One file through its format's reader; an unexpected library exception is a corrupt file, not a crash."""
+    try:
+        return _read_file_unguarded(p)
+    except (RadfmError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        log.debug("reader failed on %s", p.name, exc_info=True)
+        raise InputError(f"{p.name} is corrupt or not the format its name says ({type(exc).__name__}).",
+                         "Copy or export the file again.") from None
+
+
+def _read_file_unguarded(p: Path) -> _Raw:
     if p.stat().st_size == 0:
         raise InputError(f"{p.name} is empty (0 bytes).",
                          "The file was probably not copied or downloaded completely; copy it again.")
