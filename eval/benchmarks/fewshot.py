@@ -3,7 +3,9 @@
 Four methods, trained side by side in one run on the same K training cases, with the same steps,
 patches, augmentation, loss and schedule (``radfm.tasks.dense_segmentation.train.fit``):
 
-1. pretrained encoder + LoRA (rank 4 on attention/MLP and the pyramid laterals) + dense head;
+1. pretrained encoder + LoRA + dense head (on the shared CNN encoder, the default: rank 3 on the
+   trunk's residual convs, the highest rank that stays ≤ 5 % trainable; on the ViT starter
+   (``--encoder-kind vit``): rank 4 on attention/MLP and the pyramid laterals);
 2. random-init encoder (same architecture) + LoRA + head: what the pretraining is worth;
 3. pretrained encoder, full fine-tuning (encoder at 1/10 of the head's learning rate);
 4. MONAI UNet (16-32-64-128, residual units, instance norm) trained from scratch.
@@ -22,7 +24,7 @@ volumes, so a case is a disjoint axial slab of a scan (a partial scan), stated i
 
 K = 1 and 5 cases: the K cases come from the pool, those showing the most classes first (a K-shot set
 in practice is picked to show the structures), in seeded order among equals. Everything is resampled
-to 2 mm (the starter encoder's pretraining spacing). Dice is computed on each held-out case's own grid
+to 2 mm (the starter encoders' spacing). Dice is computed on each held-out case's own grid
 (``predict_volume``: ``apply_plan`` → sliding windows → ``restore_to_input``) and averaged over
 classes and cases. Wall time = training + inference of that method, on this machine.
 """
@@ -46,7 +48,7 @@ import numpy as np
 import torch
 
 import radfm  # noqa: F401  (torchvision shim before transformers/peft)
-from radfm.adapters.lora import LoraSpec, trainable_parameters
+from radfm.adapters.lora import LoraSpec, resolve_spec, trainable_parameters
 from radfm.data.shared import shared_data_root
 from radfm.eval.benchreport import add_output_args, default_md_path, format_value, machine_info, write_section
 from radfm.io.volume import Volume
@@ -71,7 +73,15 @@ METHODS: dict[str, str] = {
 }
 DEFAULT_METHODS = ("lora", "random_lora", "full", "unet")
 SPACING = (2.0, 2.0, 2.0)
-LORA = LoraSpec(r=4, alpha=8.0, include_pyramid=True)  # <= 5 % of the starter's weights (see notes)
+#: LoRA per encoder architecture, each the highest rank <= 5 % trainable with the head (measured:
+#: CNN "cnn-small" r=3 4.5 %, r=4 5.3 %; ViT starter r=4 4.4 %). CNN targets: ``resolve_spec``.
+LORA: dict[str, LoraSpec] = {"cnn": LoraSpec(r=3, alpha=6.0), "vit": LoraSpec(r=4, alpha=8.0, include_pyramid=True)}
+
+
+def lora_for(encoder: Any) -> LoraSpec:
+    """The benchmark's LoRA spec for ``encoder``'s architecture, resolved to its module names."""
+    arch = getattr(encoder.config, "architecture", "vit")
+    return resolve_spec(LORA["cnn" if arch == "cnn" else "vit"], encoder)
 
 
 # --------------------------------------------------------------------------- data
@@ -204,9 +214,10 @@ def _build(method: str, encoder: Any, random_encoder: Any, k_classes: int, names
     if method == "unet":
         return _unet(k_classes, seed)
     if method == "random_lora":
-        return build_model(random_encoder, k_classes, "lora", lora=LORA, label_names=names, seed=seed)
+        return build_model(random_encoder, k_classes, "lora", lora=lora_for(random_encoder), label_names=names,
+                           seed=seed)
     if method == "lora":
-        return build_model(encoder, k_classes, "lora", lora=LORA, label_names=names, seed=seed)
+        return build_model(encoder, k_classes, "lora", lora=lora_for(encoder), label_names=names, seed=seed)
     if method == "linear":
         return build_model(encoder, k_classes, "linear", label_names=names, seed=seed)
     if method == "full":
@@ -239,8 +250,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="shared data root (default: $RADFM_SHARED_DATA, else ../shared/data from the cwd)")
     p.add_argument("--encoder", default=None, metavar="DIR",
-                   help="pretrained encoder folder (default: radfm's starter encoder if installed; without one "
-                        "every 'pretrained' method runs on a random-init encoder and the output says so)")
+                   help="pretrained encoder folder (default: the starter encoder of --encoder-kind if installed; "
+                        "without one every 'pretrained' method runs on a random-init encoder and the output says so)")
+    p.add_argument("--encoder-kind", choices=["cnn", "vit"], default="cnn",
+                   help="starter encoder used without --encoder: the shared residual CNN (default) or the ViT")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="values of K (default: 1 5)")
     p.add_argument("--steps", type=int, default=150, help="training steps of every method (default 150)")
     p.add_argument("--datasets", nargs="+", choices=sorted(LOADERS), default=sorted(LOADERS))
@@ -252,17 +265,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _encoders(arg: str | None) -> tuple[Any, Any, Path | None, str]:
+def _encoders(arg: str | None, kind: str = "cnn") -> tuple[Any, Any, Path | None, str]:
     """(pretrained-or-random encoder, random encoder, pretrained dir or None, description)."""
     from radfm.models import RadFMEncoder, RadFMEncoderConfig
-    from radfm.tasks.dense_segmentation.checkpoint import default_encoder_dir
+    from radfm.starter import starter_encoder_path
 
     enc_dir: Path | None = None
     if arg is not None:
         enc_dir = Path(arg)
     else:
-        with contextlib.suppress(Exception):
-            enc_dir = default_encoder_dir()
+        with contextlib.suppress(FileNotFoundError):
+            enc_dir = starter_encoder_path(kind)
     if enc_dir is not None:
         pretrained = load_encoder(enc_dir)
         cfg = RadFMEncoderConfig(**pretrained.config.to_diff_dict())
@@ -270,7 +283,8 @@ def _encoders(arg: str | None) -> tuple[Any, Any, Path | None, str]:
         random = RadFMEncoder(cfg).eval()
         return pretrained, random, enc_dir, f"pretrained encoder from `{enc_dir}`"
     # No pretrained encoder: the starter's architecture, random init, labelled as such everywhere.
-    cfg = RadFMEncoderConfig.from_preset("small", hidden_size=192, num_layers=8, num_heads=6, patch_size=(8, 8, 8))
+    cfg = RadFMEncoderConfig.from_preset("cnn-small") if kind == "cnn" else RadFMEncoderConfig.from_preset(
+        "small", hidden_size=192, num_layers=8, num_heads=6, patch_size=(8, 8, 8))
     torch.manual_seed(12345)
     random = RadFMEncoder(cfg).eval()
     return random, random, None, "NO pretrained encoder found: every encoder here is RANDOM-INIT"
@@ -293,7 +307,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         parser.exit(2, f"radfm bench fewshot: shared data not found at {data.resolve()}.\n"
                        "Pass --data DIR or set RADFM_SHARED_DATA to the folder holding seg3d/.\n")
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    pretrained, random_enc, enc_dir, enc_desc = _encoders(args.encoder)
+    pretrained, random_enc, enc_dir, enc_desc = _encoders(args.encoder, args.encoder_kind)
     have_pretrained = enc_dir is not None
     machine = machine_info()
     console = Console()
@@ -368,7 +382,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         table_rows = [{c: r.get(c) for c in [*cols[:4], *[k for k in r if k.startswith("Dice ")], *cols[4:]]}
                       for r in rows]
         json_path = write_section(md, NAME, title=TITLE, command=command, table=table_rows,
-                                  notes=_notes(args, enc_desc, have_pretrained, verdict, total_s, load),
+                                  notes=_notes(args, enc_desc, have_pretrained, verdict, total_s, load,
+                                               lora_for(pretrained)),
                                   json_path=args.json_path, machine=machine,
                                   results={k: v for k, v in results.items() if k != "machine"})
         results["md_path"], results["json_path"] = str(md), str(json_path)
@@ -402,7 +417,7 @@ def _verdict(raw: list[dict[str, Any]], have_pretrained: bool) -> str:
 
 
 def _notes(args: argparse.Namespace, enc_desc: str, have_pretrained: bool, verdict: str, total_s: float,
-           load: tuple[float, float]) -> str:
+           load: tuple[float, float], lora: LoraSpec) -> str:
     warn = "" if have_pretrained else (
         "**This run had no pretrained encoder: rows labelled 'random-init (no pretrained encoder)' used a "
         "random-init encoder of the starter's architecture; they validate the benchmark only.**\n\n")
@@ -420,9 +435,9 @@ def _notes(args: argparse.Namespace, enc_desc: str, have_pretrained: bool, verdi
         "at 2 mm of (D, H, W) = 8×96×96 voxels for `ct`, 16×64×64 for `brain`), with the augmentation "
         "`choose_strategy(K)` picks "
         "(strong for K = 1), Dice + CE loss, AdamW at 1e-3 with warm-up and cosine decay "
-        f"({'bf16 autocast' if args.bf16 else 'float32'}). LoRA: rank 4 (alpha 8) on qkv / attn.proj / fc1 / "
-        "fc2 and the pyramid's 1×1 laterals, plus the dense head. Full fine-tuning: encoder at 1e-4. UNet: MONAI "
-        "UNet(16, 32, 64, 128), residual units, instance norm.",
+        f"({'bf16 autocast' if args.bf16 else 'float32'}). LoRA: rank {lora.r} (alpha {lora.alpha:g}) on "
+        f"{len(lora.target_modules())} modules ({', '.join(lora.target_modules()[:4])}, …), plus the dense head. "
+        "Full fine-tuning: encoder at 1e-4. UNet: MONAI UNet(16, 32, 64, 128), residual units, instance norm.",
         "What a case is: only a few real labelled volumes exist here, so a *case* is a disjoint axial slab of a "
         "scan (a partial scan). K cases are drawn from the pool, those showing the most classes first (a class "
         "counts when the slab holds >= 5 % of the pool's voxels of it), in seeded order among equals. " + " ".join(splits[k] for k in args.datasets),
