@@ -89,7 +89,11 @@ def load_volume(path: str | Path, *, modality: str | None = None, series: int | 
     array = _check_dims(raw.array, p, single_slice_ok=raw.single_slice_ok)
     array = _sensible_dtype(array, p)
     affine = check_affine(raw.affine, p.name)
-    canonical, canonical_affine, ornt_back = to_canonical(array, affine)
+    try:
+        canonical, canonical_affine, ornt_back = to_canonical(array, affine)
+    except ValueError:  # e.g. two axes pointing the same way: nibabel cannot name an orientation
+        raise InputError(f"{p.name}: the voxel axes of its affine do not give an orientation (two axes along "
+                         "the same direction).", "Fix the file's direction/sform header.") from None
     native = NativeGrid(affine=affine, shape=tuple(int(s) for s in array.shape[:3]), ornt=ornt_back,
                         fmt=raw.fmt, source=str(p.resolve()), header=raw.header)
     modality_name, source = resolve_modality(declared, raw.header_modality, canonical)
