@@ -138,6 +138,10 @@ def serve(settings: Any, *, backend: Any, model_dirs: Mapping[str, str | Path] |
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``radfm serve``: load keys, pick the engine, serve, and stop vLLM on the way out."""
+    require_serve_extra()
+    from radfm.phi import install
+
+    install()  # pydicom/highdicom warnings and log lines quote header values: filtered for the server
     from radfm.serve.app import ServeSettings
     from radfm.serve.security import load_api_keys
 
@@ -165,6 +169,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         handle.close()
     return 0
+
+
+def require_serve_extra() -> None:
+    """ConfigError naming the extra when FastAPI/uvicorn/multipart are missing (not an ImportError traceback)."""
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "multipart", "highdicom") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"radfm serve needs the [serve] extra ({', '.join(missing)} not installed).",
+                          'Install it with: pip install "radfm[serve]"')
 
 
 def _setting(value: float | None, name: str, default: float) -> float:

@@ -105,13 +105,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     finally:
         drafter.close()
     d = draft.to_dict()
+    if args.deidentify and not args.dicom_sr:
+        raise InputError("--deidentify applies to the DICOM SR output.", "Add --dicom-sr OUT.dcm.")
     if args.dicom_sr:
         from radfm.tasks.report.dicom_sr import write_report_sr
-        from radfm.tasks.report.routes import MARKER
 
         if volume is None:
             raise InputError("--dicom-sr needs the DICOM series the report is about.", "Give IMAGE (a DICOM folder).")
-        d["dicom_sr"] = str(write_report_sr(draft, volume, args.dicom_sr, marker=MARKER))
+        d["dicom_sr"] = str(write_report_sr(draft, volume, args.dicom_sr, deidentify=args.deidentify))
     if args.json:
         print(json.dumps(d, indent=2))
     else:
@@ -173,6 +174,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--json", action="store_true", help="print JSON (findings, impression, sentences with links)")
     p.add_argument("--dicom-sr", help="also write the draft as a DICOM SR (partial, unverified) for a DICOM series")
+    p.add_argument("--deidentify", action="store_true",
+                   help="with --dicom-sr: apply PS3.15 Annex E basic profile (no patient names, IDs, dates or "
+                        "private tags in the SR; UIDs replaced consistently)")
     p.set_defaults(func=cmd_report)
 
     from radfm.training.cli import train_subparsers

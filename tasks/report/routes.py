@@ -50,7 +50,8 @@ log = logging.getLogger("radfm.serve.report")
 
 __all__ = ["MARKER", "routes"]
 
-MARKER = "DRAFT — for review by a radiologist"
+from radfm.tasks.report.dicom_sr import MARKER  # noqa: E402  (one marker for JSON and SR)
+
 MAX_NEW_TOKENS = 512
 _LOCK = threading.Lock()
 

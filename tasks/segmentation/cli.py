@@ -58,6 +58,10 @@ def _run(args: argparse.Namespace) -> int:
     from radfm.tasks.segmentation.files import segment_file
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in a command-line tool's output
+    if args.deidentify and not args.dicom_seg:
+        from radfm.errors import InputError
+
+        raise InputError("--deidentify applies to the DICOM SEG output.", "Add --dicom-seg OUT.dcm.")
 
     points = [p for p, _ in args.point]
     points_mm = [p for p, _ in args.point_mm]
@@ -65,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         args.image, out=args.out, points=points, labels=[lab for _, lab in args.point], points_mm=points_mm,
         labels_mm=[lab for _, lab in args.point_mm], box=args.box, model_dir=args.model, adapter=args.adapter,
         dicom_seg=args.dicom_seg, modality=args.modality, series=args.series, structure=args.structure,
-        dtype=args.dtype)
+        dtype=args.dtype, deidentify=args.deidentify)
     empty = summary["empty"]
     if empty:
         print(f"radfm segment: the mask is EMPTY (nothing found for the prompt); wrote {summary['mask']} anyway. "
@@ -120,6 +124,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", default=None,
                    help="LoRA adapter folder for the encoder, or a folder written by `radfm adapt` (automatic)")
     p.add_argument("--dicom-seg", default=None, metavar="OUT.dcm", help="also write a DICOM SEG (DICOM series input)")
+    p.add_argument("--deidentify", action="store_true",
+                   help="with --dicom-seg: apply PS3.15 Annex E basic profile (no patient names, IDs, dates or "
+                        "private tags in the SEG; UIDs replaced consistently)")
     p.add_argument("--modality", choices=["CT", "MR"], default=None, help="declare the modality")
     p.add_argument("--series", type=int, default=None, help="series index when a DICOM folder holds several")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="inference precision (default fp32)")

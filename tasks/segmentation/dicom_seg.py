@@ -5,8 +5,12 @@ frame) and carry the study's patient/study modules, so it needs the source datas
 not just the geometry ``radfm.io`` kept (``radfm.io.dicom.source_datasets`` re-reads and checks
 them): a SEG that would not overlay the series voxel for voxel is refused.
 
-Privacy: patient and study identifiers are copied into the SEG file (DICOM requires them there; it
-is the output the user asked for) but never into logs, exceptions or return values.
+Privacy: by default patient and study identifiers are copied into the SEG file (DICOM requires the
+patient/study modules there; it is the output the user asked for) but never into logs, exceptions
+or return values. With ``deidentify=True`` the SEG is built from copies of the sources passed
+through PS3.15 Annex E (basic profile, :class:`radfm.phi.Deidentifier`: names/IDs/dates emptied
+or replaced, UIDs remapped consistently, private tags removed), and the written SEG is checked by
+the same table once more.
 """
 
 from __future__ import annotations
@@ -22,15 +26,22 @@ from radfm.errors import InputError
 from radfm.io.dicom import source_datasets
 from radfm.io.orientation import to_native
 from radfm.io.volume import Volume
+from radfm.phi import derived_sources, exc_text
 
 __all__ = ["write_dicom_seg"]
 
 log = logging.getLogger(__name__)
 
+# Written by radfm itself (no patient data): left as they are by the second de-identification pass.
+_OWN_SEG = {0x0062_0002, 0x0008_103E, 0x0070_0081, 0x0070_0080, 0x0018_1000, 0x0008_1090}
+# Type 1/2 attributes of the SEG IOD that Annex E lists with X/Z/D choices: replaced, not removed.
+_REQUIRED = {0x0008_0020, 0x0008_0030, 0x0008_0050, 0x0008_0090, 0x0010_0010, 0x0010_0020, 0x0010_0030,
+             0x0010_0040, 0x0020_0010, 0x0008_0023, 0x0008_0033, 0x0008_1115, 0x0008_9124, 0x0008_2112}
+
 
 def write_dicom_seg(mask: np.ndarray, volume: Volume, path: str | Path, *, label: str = "radfm segmentation",
                     description: str = "Prompt-based segmentation (research use, draft for review)",
-                    segment_labels: Sequence[str] | None = None) -> Path:
+                    segment_labels: Sequence[str] | None = None, deidentify: bool = False) -> Path:
     """Write a binary (or multi-label) canonical mask as a DICOM SEG referencing ``volume``'s source series.
 
     Args:
@@ -39,17 +50,24 @@ def write_dicom_seg(mask: np.ndarray, volume: Volume, path: str | Path, *, label
         path: output ``.dcm`` file.
         label: content label / series description stem.
         segment_labels: names of segments 1..K (default "segment k").
+        deidentify: apply PS3.15 Annex E basic profile (no patient data in the SEG).
     Returns:
         The path written.
     """
-    import highdicom as hd
+    try:
+        import highdicom as hd
+    except ImportError:
+        from radfm.errors import ConfigError
+
+        raise ConfigError("DICOM SEG output needs highdicom, which is not installed.",
+                          'Install it with: pip install "radfm[serve]"') from None
     from pydicom.sr.codedict import codes
     from pydicom.uid import ExplicitVRLittleEndian
 
     arr = np.asarray(mask)
     if arr.shape[:3] != tuple(volume.shape):
         raise InputError(f"mask shape {arr.shape} does not match the image's canonical shape {volume.shape}.")
-    datasets = source_datasets(volume)
+    datasets, deid = derived_sources(source_datasets(volume), deidentify=deidentify)
     native = to_native(arr.astype(np.uint8), volume.native)  # (columns, rows, slices)
     frames = np.ascontiguousarray(np.transpose(native, (2, 1, 0)))  # (slices, rows, columns)
     n_seg = int(frames.max())
@@ -69,14 +87,20 @@ def write_dicom_seg(mask: np.ndarray, volume: Volume, path: str | Path, *, label
         for k in range(1, n_seg + 1)
     ]
     pixel = frames if n_seg > 1 else frames.astype(bool)
-    seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=pixel, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9901,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="radfm", manufacturer_model_name="radfm promptseg",
-        software_versions=__version__, device_serial_number="0", content_label="RADFMSEG",
-        content_description=description[:64], series_description=label[:64],
-        transfer_syntax_uid=ExplicitVRLittleEndian, omit_empty_frames=True,
-    )
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=datasets, pixel_array=pixel, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9901,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="radfm",
+            manufacturer_model_name="radfm promptseg", software_versions=__version__, device_serial_number="0",
+            content_label="RADFMSEG", content_description=description[:64], series_description=label[:64],
+            transfer_syntax_uid=ExplicitVRLittleEndian, omit_empty_frames=True,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:  # highdicom refusing a source header value
+        raise InputError(f"the source series' headers do not allow a DICOM SEG ({exc_text(exc, datasets)}).",
+                         "Write NIfTI output instead, or fix the headers.") from None
+    if deid is not None:
+        deid.apply(seg, keep=_OWN_SEG, required=_REQUIRED)
     out = Path(path).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(str(out))
