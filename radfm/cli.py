@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from radfm.phi import install
+
+    install()  # pydicom/highdicom messages quote DICOM header values: withheld (RADFM_LOG_DETAILS=1 shows them)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
