@@ -255,7 +255,7 @@ def _step(positions: list[np.ndarray], normal: np.ndarray, default: float, meta:
                          "one volume (several echoes, phases or time points mixed in one series).",
                          "Split the series (e.g. with dcm2niix) and load one volume at a time.")
     median = float(np.median(gaps))
-    if gaps.max() > 1.5 * median:
+    if gaps.max() > 1.9 * median:  # one missing slice doubles the gap; uneven spacing below that only warns
         k = int(np.argmax(gaps))
         raise InputError(f"{where}: slices are missing: a gap of {gaps.max():.3g} mm after slice {k + 1} of "
                          f"{len(positions)} where the spacing is {median:.3g} mm.",
