@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 ROOTS = ("radfm", "adapters", "tasks", "eval")
 #: distribution name -> import name, where they differ
 IMPORT_NAME = {"pyyaml": "yaml", "scikit-image": "skimage", "segment-anything": "segment_anything",
-               "rouge-score": "rouge_score", "simpleitk": "SimpleITK"}
+               "rouge-score": "rouge_score", "simpleitk": "SimpleITK",
+               "dicom-anonymizer": "dicomanonymizer"}
 
 
 def _imported_top_levels() -> set[str]:
