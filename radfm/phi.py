@@ -15,7 +15,7 @@ here:
   their log records replaced by a value-free line (they routinely quote element values), unless
   ``RADFM_LOG_DETAILS=1``.
 
-De-identification of SEG/SR outputs (PS3.15 Annex E) lives in :mod:`radfm.deidentify`.
+De-identification of SEG/SR outputs (PS3.15 Annex E): :class:`Deidentifier`, below.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ALLOWED_TAGS", "ANNEX_E_EDITION", "WITHHELD", "Deidentifier", "annex_e_table", "derived_sources",
-           "details_enabled", "exc_text", "format_exception", "install", "redact", "safe_meta", "safe_value"]
+           "details_enabled", "exc_text", "format_exception", "header_blob", "install", "redact", "safe_meta", "safe_value"]
 
 WITHHELD = "[withheld]"
 DETAILS_ENV = "RADFM_LOG_DETAILS"
@@ -146,13 +146,16 @@ def _values(ds: Any, out: set[str], depth: int = 0) -> None:
 _TOKEN = re.compile(r"[^\s'\"(),;=\[\]{}<>]{4,}")
 
 
-def redact(text: str, datasets: Iterable[Any] = (), files: Iterable[str | Path] = (), *, limit: int = 400) -> str:
+def redact(text: str, datasets: Iterable[Any] = (), files: Iterable[str | Path] = (), *, limit: int = 400,
+           blob: bytes = b"", keep: frozenset[str] = frozenset()) -> str:
     """``text`` with every header value of ``datasets`` and every token found in ``files`` withheld.
 
     Why both: a dataset in hand gives its exact values (a PatientName quoted in an exception); a
     file that failed to parse has no dataset, but any header value a message could quote is bytes
     of that file (a token of 4+ characters that occurs in the file is withheld). The result is cut
-    to ``limit`` characters: a message is never a dump.
+    to ``limit`` characters: a message is never a dump. ``blob`` (see :func:`header_blob`) is a
+    cheaper stand-in for many files: a token found in it is withheld too. ``keep``: words of the
+    caller's own message vocabulary ("DICOM") never withheld for occurring in ``blob``.
     """
     values: set[str] = set()
     for ds in datasets:
@@ -162,21 +165,55 @@ def redact(text: str, datasets: Iterable[Any] = (), files: Iterable[str | Path] 
             text = text.replace(v, WITHHELD)
     for path in files:
         text = _redact_file_tokens(text, Path(path))
+    if blob:
+        text = _redact_tokens(text, lambda part: part in blob, keep)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _redact_tokens(text: str, found: Callable[[bytes], bool], keep: frozenset[str] = frozenset()) -> str:
+    """Withhold each token of ``text`` one of whose alphanumeric parts (not in ``keep``) ``found`` says is there."""
+    def sub(m: re.Match[str]) -> str:
+        token = m.group(0)
+        if token == WITHHELD:
+            return token
+        parts = re.findall(r"[A-Za-z0-9^]{4,}", token) or [token]
+        hit = any(p not in keep and found(p.encode("utf-8", "ignore")) for p in parts)
+        return WITHHELD if hit else token
+    return _TOKEN.sub(sub, text)
 
 
 def _redact_file_tokens(text: str, path: Path) -> str:
     try:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            def sub(m: re.Match[str]) -> str:
-                token = m.group(0)
-                parts = [p for p in re.findall(r"[A-Za-z0-9^]{4,}", token)] or [token]
-                hit = any(mm.find(p.encode("utf-8", "ignore")) >= 0 for p in parts)
-                return WITHHELD if hit else token
-            return _TOKEN.sub(sub, text)
+            return _redact_tokens(text, lambda part: mm.find(part) >= 0)
     except (OSError, ValueError):  # unreadable or empty file: nothing to compare with, withhold all
         return _TOKEN.sub(WITHHELD, text) if path.exists() else text
+
+
+_PIXEL_DATA = b"\xe0\x7f\x10\x00"
+
+
+def header_blob(paths: Iterable[str | Path], *, head_bytes: int = 1 << 16, max_files: int = 4096) -> bytes:
+    """The printable runs of the files' headers, deduplicated and NUL-separated, for :func:`redact`.
+
+    Why not the whole files: an upload may be a zipped series of thousands of slices, and redacting
+    an error message against each file's bytes would scan gigabytes. Header values sit before the
+    pixel data, so the first ``head_bytes`` of each file (cut at the PixelData tag) hold them; runs
+    repeat across slices and are kept once. At most ``max_files`` files are read.
+    """
+    runs: set[bytes] = set()
+    for n, path in enumerate(paths):
+        if n >= max_files:
+            break
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(head_bytes)
+        except OSError:
+            continue
+        cut = head.find(_PIXEL_DATA, 132)
+        runs.update(re.findall(rb"[\x21-\x7e]{4,}", head[:cut] if cut > 0 else head))
+    return b"\x00".join(sorted(runs))
 
 
 def exc_text(exc: BaseException, datasets: Iterable[Any] = (), files: Iterable[str | Path] = ()) -> str:

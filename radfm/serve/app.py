@@ -8,7 +8,8 @@ and a deployment serves whichever tasks are installed.
 
 Every path needs the API key, ``/health`` included (load balancers send the key too); bodies are
 capped while they stream; user errors (:class:`radfm.errors.RadfmError`) become a 4xx JSON
-``{"detail": problem, "hint": hint, "type": class}``; nothing of a request's content is logged.
+``{"detail": problem, "hint": hint, "type": class}`` scrubbed of header values and temp paths
+(:mod:`radfm.serve.errors`); nothing of a request's content is logged.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI
 
 from radfm import __version__, registry
 from radfm.errors import ConfigError, InputError, RadfmError, ResourceError
 from radfm.registry import UnknownComponentError
 from radfm.serve.backends import BackendUnavailableError, LLMBackend
+from radfm.serve.errors import install_handlers
 from radfm.serve.security import (
     AccessLogMiddleware,
     APIKeyMiddleware,
@@ -122,12 +123,6 @@ def status_for(exc: BaseException) -> int:
     return 500
 
 
-def _error_body(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, RadfmError):
-        return {"detail": exc.problem, "hint": exc.hint, "type": type(exc).__name__}
-    return {"detail": str(exc), "type": type(exc).__name__}
-
-
 class _UploadScopeMiddleware:
     """Give each request its upload limits and delete its temporary files after the response."""
 
@@ -165,14 +160,7 @@ def create_app(settings: ServeSettings, *, backend: LLMBackend | None,
                               "for review by a qualified reader. Every route needs the API key.")
     app.state.radfm = state
 
-    @app.exception_handler(RadfmError)
-    async def _radfm_error(_: Request, exc: RadfmError) -> JSONResponse:
-        return JSONResponse(_error_body(exc), status_code=status_for(exc))
-
-    @app.exception_handler(BackendUnavailableError)
-    async def _backend_error(_: Request, exc: BackendUnavailableError) -> JSONResponse:
-        log.warning("LLM backend unavailable: %s", exc)
-        return JSONResponse(_error_body(exc), status_code=503)
+    install_handlers(app, status_for)  # every error body scrubbed: no header value, no temp path
 
     loaded: list[str] = []
     failed: dict[str, str] = {}

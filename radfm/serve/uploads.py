@@ -37,6 +37,7 @@ __all__ = [
     "UploadTooLargeError",
     "detect_kind",
     "discard_upload",
+    "display_name",
     "extract_zip_safely",
     "save_upload_to_tmp",
 ]
@@ -78,6 +79,7 @@ class RequestUploads:
     limits: UploadLimits = field(default_factory=UploadLimits)
     tmp_root: Path | None = None
     folders: list[Path] = field(default_factory=list)
+    names: dict[Path, str] = field(default_factory=dict)  # folder → the client's file name (error messages)
 
     def cleanup(self) -> None:
         for folder in self.folders:
@@ -230,6 +232,7 @@ def save_upload_to_tmp(upload: _Upload | Any, *, limits: UploadLimits | None = N
     folder = Path(tempfile.mkdtemp(prefix="radfm-upload-", dir=root))
     if ctx is not None:
         ctx.folders.append(folder)
+        ctx.names[folder] = display_name(getattr(upload, "filename", None))
     try:
         raw = folder / "upload.bin"
         src = upload.file
@@ -263,8 +266,23 @@ def save_upload_to_tmp(upload: _Upload | Any, *, limits: UploadLimits | None = N
 
 
 def discard_upload(path: str | Path) -> None:
-    """Delete the temporary folder that :func:`save_upload_to_tmp` made for ``path``."""
+    """Delete the temporary folder that :func:`save_upload_to_tmp` made for ``path``.
+
+    Inside a request of the app the folder is only marked: it is deleted after the response, so
+    an error body can still be redacted against the uploaded headers (:mod:`radfm.serve.errors`).
+    """
     p = Path(path)
     folder = next((q for q in (p, *p.parents) if q.name.startswith("radfm-upload-")), None)
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+    if folder is None:
+        return
+    ctx = REQUEST_UPLOADS.get()
+    if ctx is not None and folder in ctx.folders:
+        return  # deleted by RequestUploads.cleanup once the response is sent
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def display_name(filename: str | None) -> str:
+    """The client's file name as shown in error messages: base name, printable, at most 80 characters."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name
+    name = "".join(ch for ch in name if ch.isprintable() and ch not in "<>\"'`").strip()
+    return name[:80] or "the upload"
