@@ -4,9 +4,10 @@ Why pydicom and not SimpleITK's series reader: we need the slice order, the per-
 rescale and the header whitelist under our own control, and the error that lists several
 series must show only non-identifying facts.
 
-Privacy rule: nothing read from a DICOM header leaves this module except the whitelisted
-tags in :data:`SAFE_TAGS` and the geometry. Patient name/ID/birth date, UIDs, dates,
-institution and operator names are never put into ``meta``, logs or error messages.
+Privacy rule: nothing read from a DICOM header leaves this module except the allowed tags of
+:data:`radfm.phi.ALLOWED_TAGS` (:data:`SAFE_TAGS`) and the geometry. Patient name/ID/birth date,
+UIDs, dates, series descriptions, institution and operator names are never put into ``meta``,
+logs or error messages.
 """
 
 from __future__ import annotations
@@ -26,46 +27,21 @@ from pydicom.errors import InvalidDicomError
 from radfm.errors import InputError
 from radfm.io.coords import LPS_TO_RAS
 from radfm.io.dicom_bounds import _dcmread, _guard, _pixels, _rescale
+from radfm.phi import ALLOWED_TAGS, safe_value
+from radfm.phi import safe_meta as phi_safe_meta
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: DICOM keyword → meta key. Only these header values may be copied into ``Volume.meta``.
-SAFE_TAGS: dict[str, str] = {
-    "Modality": "dicom_modality",
-    "SeriesNumber": "series_number",
-    "SeriesDescription": "series_description",
-    "Manufacturer": "manufacturer",
-    "ManufacturerModelName": "manufacturer_model",
-    "SliceThickness": "slice_thickness",
-    "BodyPartExamined": "body_part",
-    "MagneticFieldStrength": "field_strength_t",
-    "KVP": "kvp",
-    "ConvolutionKernel": "convolution_kernel",
-    "PhotometricInterpretation": "photometric_interpretation",
-}
+#: DICOM keyword → meta key: the attributes of :data:`radfm.phi.ALLOWED_TAGS`, the only ones whose
+#: values may be copied into ``Volume.meta``. Series Description is not one of them: PS3.15 Annex E
+#: removes or cleans it (X/Z/D), since sites write names and free text there.
+SAFE_TAGS: dict[str, str] = {keyword: key for keyword, (key, _) in ALLOWED_TAGS.items()}
 
 
 def safe_meta(ds: Dataset) -> dict[str, Any]:
-    """Whitelisted, non-identifying header facts as plain Python values (empty ones dropped)."""
-    out: dict[str, Any] = {}
-    for keyword, key in SAFE_TAGS.items():
-        value = ds.get(keyword)
-        if value is None or value == "":
-            continue
-        out[key] = _plain(value)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """pydicom value (DS, IS, MultiValue, PersonName…) → str/int/float/list."""
-    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, pydicom.valuerep.IS | int):
-        return int(value)
-    if isinstance(value, pydicom.valuerep.DSfloat | pydicom.valuerep.DSdecimal | float):
-        return float(value)
-    return str(value)
+    """Allowed, non-identifying header facts as plain Python values (absent or malformed ones dropped)."""
+    return phi_safe_meta(ds)
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -272,19 +248,30 @@ def _step(positions: list[np.ndarray], normal: np.ndarray, default: float, meta:
 
 @dataclass
 class SeriesInfo:
-    """One series found in a folder. ``key`` is internal (a UID) and is never shown."""
+    """One series found in a folder. ``key`` is internal (a UID) and is never shown.
+
+    Why no Series Description: it is free text (sites put names there) and PS3.15 Annex E removes
+    it; the number, modality, slice size and file count tell series apart without it.
+    """
 
     key: str
     number: int | None
-    description: str
     modality: str
+    size: str
     files: list[Path]
 
     def line(self, index: int) -> str:
         number = "?" if self.number is None else str(self.number)
-        desc = repr(self.description) if self.description else "no description"
-        return (f"  [{index}] series number {number}, {desc}, {self.modality or '?'}, "
+        return (f"  [{index}] series number {number}, {self.modality or '?'}, {self.size or '?'}, "
                 f"{len(self.files)} file{'s' if len(self.files) != 1 else ''}")
+
+
+def _safe_int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if isinstance(value, int) and 0 < value < 1 << 16 else None
+    except Exception:  # a broken raw element
+        return None
 
 
 @_guard
@@ -292,7 +279,7 @@ def scan_series(folder: Path) -> tuple[list[SeriesInfo], int]:
     """Group the DICOM image files under ``folder`` (recursively) by series.
 
     Returns:
-        ``(series, n_files_checked)``, series sorted by (series number, description, size) so
+        ``(series, n_files_checked)``, series sorted by (series number, file count, slice size) so
         indices are stable between runs.
     """
     groups: dict[str, SeriesInfo] = {}
@@ -316,13 +303,12 @@ def scan_series(folder: Path) -> tuple[list[SeriesInfo], int]:
         key = str(ds.get("SeriesInstanceUID", "") or f"no-uid:{ds.get('SeriesNumber', '')}")
         info = groups.get(key)
         if info is None:
-            number = ds.get("SeriesNumber")
-            info = groups[key] = SeriesInfo(key=key, number=int(number) if number not in (None, "") else None,
-                                            description=str(ds.get("SeriesDescription", "") or ""),
-                                            modality=str(ds.get("Modality", "") or ""), files=[])
+            number, rows, cols = (safe_value(ds, "SeriesNumber"), _safe_int(ds, "Rows"), _safe_int(ds, "Columns"))
+            info = groups[key] = SeriesInfo(key=key, number=number, modality=safe_value(ds, "Modality") or "",
+                                            size=f"{rows}×{cols}" if rows and cols else "", files=[])
         info.files.append(path)
     series = sorted(groups.values(),
-                    key=lambda s: (s.number if s.number is not None else 1 << 30, s.description, -len(s.files)))
+                    key=lambda s: (s.number if s.number is not None else 1 << 30, -len(s.files), s.size, s.key))
     return series, checked
 
 
