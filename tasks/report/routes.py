@@ -20,6 +20,8 @@ field               meaning
 ``max_new_tokens``  optional: 1..512 (default 200)
 ``return_sr``       optional: "true" adds ``dicom_sr_b64``, the draft as a DICOM SR (partial,
                     unverified) referencing the uploaded series (zipped DICOM series only)
+``deidentify``      optional: "true" applies PS3.15 Annex E (basic profile) to that SR: no
+                    patient names, IDs, dates or private tags; UIDs replaced consistently
 ==================  ===========================================================================
 
 Response 200 (JSON)::
@@ -89,7 +91,7 @@ def draft_with_backend(state: Any, volume: Any, findings: list[Any] | None, *, m
     return draft
 
 
-def _sr_b64(out: dict[str, Any], volume: Any) -> str:
+def _sr_b64(out: dict[str, Any], volume: Any, *, deidentify: bool = False) -> str:
     """The JSON draft as a DICOM SR referencing ``volume``'s (still unpacked) series, base64."""
     import base64
     import tempfile
@@ -101,7 +103,7 @@ def _sr_b64(out: dict[str, Any], volume: Any) -> str:
     draft = DraftReport(findings_text=out["findings"], impression_text=out["impression"],
                         sentences=[DraftSentence(**s) for s in out.get("sentences", [])], source=out["source"])
     with tempfile.TemporaryDirectory(prefix="radfm-sr-") as tmp:
-        path = write_report_sr(draft, volume, Path(tmp) / "report_sr.dcm", marker=MARKER)
+        path = write_report_sr(draft, volume, Path(tmp) / "report_sr.dcm", marker=MARKER, deidentify=deidentify)
         return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
@@ -116,6 +118,7 @@ def routes(state: Any) -> APIRouter:
         modality: str | None = Form(None),
         max_new_tokens: int = Form(200),
         return_sr: bool = Form(False),
+        deidentify: bool = Form(False),
     ) -> dict[str, Any]:
         from radfm.check import check_volume
         from radfm.io import load_volume
@@ -141,7 +144,7 @@ def routes(state: Any) -> APIRouter:
             out = draft_with_backend(state, volume, given, max_new_tokens=max_new_tokens)
             out["input_check"] = check
             if return_sr:
-                out["dicom_sr_b64"] = _sr_b64(out, volume)
+                out["dicom_sr_b64"] = _sr_b64(out, volume, deidentify=deidentify)
         finally:
             if path is not None:
                 discard_upload(path)
