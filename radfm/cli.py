@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from radfm import __version__, registry
+from radfm.argtypes import non_negative_int
 from radfm.errors import RadfmError, one_line
 
 console = Console(stderr=True)
@@ -54,8 +55,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (``radfm register: error: argument --instance-steps: …``).
+
+    Why: the usage block before the error pushed the one line that matters off a short terminal and
+    wrapped it; ``--help`` still shows the usage. Subcommand parsers inherit this class.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="radfm",
         description="radfm: radiology foundation models for CT/MRI (NIfTI, DICOM, NRRD, MHA). "
         "Research software: every output is a draft for review by a qualified reader.",
@@ -73,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="NIfTI (.nii/.nii.gz), NRRD, MHA/MHD, a DICOM series folder, a DICOM file or .npy/.npz")
     p.add_argument("--modality", choices=["CT", "MR", "CBCT", "PT"], help="declare the modality instead of "
                    "reading it from DICOM headers or detecting it from intensities")
-    p.add_argument("--series", type=int, help="index of the series to use when a DICOM folder holds several")
+    p.add_argument("--series", type=non_negative_int, help="index of the series to use when a DICOM folder holds several")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_check)
 
@@ -81,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Simulate a CT phantom, run every installed component on it and write "
                        "an HTML page with slice overlays.")
     p.add_argument("--out", default="radfm-demo", help="output folder (default: radfm-demo)")
-    p.add_argument("--seed", type=int, default=0, help="phantom seed (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="phantom seed (default: 0)")
     p.add_argument("--section", action="append", help="run only this demo section (repeatable)")
     p.set_defaults(func=cmd_demo)
 

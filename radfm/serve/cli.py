@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from radfm.argtypes import non_negative_float, port, positive_float
 from radfm.errors import ConfigError
 
 log = logging.getLogger("radfm.serve")
@@ -215,16 +216,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--vllm-python", metavar="PATH", help="python of the vLLM virtualenv (default: "
                    "$RADFM_VLLM_PYTHON or .venv-vllm/bin/python)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=port, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key-file", metavar="FILE", help="file with the API key(s), one per line "
                    "(default: $RADFM_API_KEY)")
-    p.add_argument("--max-upload-mb", type=float, default=512, help="request body limit in MB (default: 512)")
-    p.add_argument("--timeout-s", type=float, default=600, help="per-request time limit (default: 600)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=512, help="request body limit in MB (default: 512)")
+    p.add_argument("--timeout-s", type=non_negative_float, default=600,
+                   help="per-request time limit, 0 for none (default: 600)")
     p.add_argument("--max-concurrency", type=int, default=64, help="open requests before 503 (default: 64)")
-    p.add_argument("--session-ttl-s", type=float, default=None,
+    p.add_argument("--session-ttl-s", type=positive_float, default=None,
                    help="idle seconds before an interactive /v1/sessions session expires "
                         "(default: $RADFM_SESSION_TTL_S or 900)")
-    p.add_argument("--session-max-mb", type=float, default=None,
+    p.add_argument("--session-max-mb", type=positive_float, default=None,
                    help="memory cap of all interactive sessions, least recently used evicted first "
                         "(default: $RADFM_SESSION_MAX_MB or 2048)")
     p.add_argument("--router", action="append", metavar="NAME", help="mount only these radfm.routes (repeatable)")

@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+from radfm.argtypes import non_negative_int, positive_float, positive_int
 from radfm.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -70,17 +71,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("task", choices=["segmentation"], help="what to adapt to (segmentation for now)")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="labelled cases: MSD / nnU-Net folder, or a manifest .csv/.json/.jsonl (image, label)")
-    p.add_argument("--shots", required=True, type=int, metavar="K", help="number of labelled cases to train on")
+    p.add_argument("--shots", required=True, type=positive_int, metavar="K", help="number of labelled cases to train on")
     p.add_argument("--strategy", choices=["auto", "linear", "lora", "full"], default="auto",
                    help="linear = head only, lora, full, or auto by K (default: auto)")
     p.add_argument("--encoder", metavar="DIR", default=None,
                    help="encoder folder (RadFMEncoder.save_pretrained); default: radfm's starter encoder")
     p.add_argument("--out", metavar="DIR", default=None, help="adapter folder to write (default: radfm-adapter-TASK)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: 150 + 25 K, at most 600)")
-    p.add_argument("--seed", type=int, default=0, help="seed of case choice, patches, augmentation, init (default 0)")
-    p.add_argument("--patch-size", type=int, nargs=3, metavar=("D", "H", "W"), default=None,
+    p.add_argument("--steps", type=positive_int, default=None, help="optimiser steps (default: 150 + 25 K, at most 600)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of case choice, patches, augmentation, init (default 0)")
+    p.add_argument("--patch-size", type=positive_int, nargs=3, metavar=("D", "H", "W"), default=None,
                    help="training patch / inference window in voxels after resampling (default 48 48 48)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 1e-3)")
     p.add_argument("--labels", default=None, metavar="ID=NAME,...",
                    help='label ids to learn; equal names merge, e.g. "5=liver,2=kidney,3=kidney" (default: all)')
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")

@@ -233,10 +233,14 @@ def register(
         :class:`RegResult` (fields and conventions in the module docstring).
 
     Raises:
-        InputError: 2D/4D inputs, failed input checks, CT↔MR with NCC, bad or empty labels.
+        InputError: 2D/4D inputs, failed input checks, CT↔MR with NCC, bad or empty labels,
+            negative ``instance_steps``.
     """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    if isinstance(instance_steps, bool) or not isinstance(instance_steps, int | np.integer) or instance_steps < 0:
+        raise InputError(f"instance_steps must be a whole number >= 0, got {instance_steps!r}.",
+                         "0 runs the network only; N > 0 refines its field with N steps.")
     mod_f, mod_m = _check_pair(fixed, moving, similarity)
     if labels is not None:
         _check_labels(labels, moving)

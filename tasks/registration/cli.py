@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from radfm.argtypes import non_negative_int
+
 log = logging.getLogger(__name__)
 
 HELP = """\
@@ -87,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="DIR", help="registration model directory (default: the shipped model)")
     p.add_argument("--diffeomorphic", action="store_true",
                    help="force an invertible (diffeomorphic) field via scaling and squaring")
-    p.add_argument("--instance-steps", type=int, default=0, metavar="N",
+    p.add_argument("--instance-steps", type=non_negative_int, default=0, metavar="N",
                    help="refine the network's field with N optimisation steps on this pair (default 0)")
     p.add_argument("--similarity", choices=["ncc", "mi"], default="ncc",
                    help="ncc for same-modality pairs, mi (mutual information) for CT<->MR (default ncc)")

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from radfm.argtypes import positive_float, positive_int
 from radfm.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--findings", help="';'-separated findings/labels, e.g. \"Cardiomegaly; Opacity/lung/base/left\"")
     p.add_argument("--findings-json", help="JSON file with a list of findings (Finding dicts or strings)")
     p.add_argument("--modality", choices=["CT", "MR"], help="declare the image's modality")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--max-new-tokens", type=positive_int, default=200, help="at most this many tokens (default 200)")
+    p.add_argument("--threads", type=positive_int, help="torch threads")
     p.add_argument("--json", action="store_true", help="print JSON (findings, impression, sentences with links)")
     p.add_argument("--dicom-sr", help="also write the draft as a DICOM SR (partial, unverified) for a DICOM series")
     p.add_argument("--deidentify", action="store_true",
@@ -191,11 +192,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--label-column", help="column with ';'-separated findings/labels")
     t.add_argument("--text-column", help="column with the report text (FINDINGS section)")
     t.add_argument("--impression-column", help="column with the IMPRESSION (default: 'impression' if present)")
-    t.add_argument("--phantoms", type=int, help="train the image→report model on this many phantoms")
+    t.add_argument("--phantoms", type=positive_int, help="train the image→report model on this many phantoms")
     t.add_argument("--out", required=True, help="output model folder")
-    t.add_argument("--epochs", type=float, help="text drafter: passes over the reports (default 10)")
+    t.add_argument("--epochs", type=positive_float, help="text drafter: passes over the reports (default 10)")
     t.add_argument("-c", "--config", help="YAML recipe (TextDrafterConfig / PhantomReportConfig fields)")
-    t.add_argument("--threads", type=int, help="torch threads")
+    t.add_argument("--threads", type=positive_int, help="torch threads")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("overrides", nargs="*", help="recipe overrides key.sub=value (e.g. optim.lr=1e-3)")
     t.set_defaults(func=cmd_train_report)
