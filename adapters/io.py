@@ -179,9 +179,7 @@ def load_adapters(
     for name, directory in adapters.items():
         d = Path(directory)
         record = read_adapter_meta(d)
-        if not (d / ADAPTER_WEIGHTS).is_file() or not (d / ADAPTER_CONFIG).is_file():
-            raise InputError(f"{d} lacks {ADAPTER_CONFIG} or {ADAPTER_WEIGHTS}.",
-                             "A fully fine-tuned model directory is loaded with radfm.adapters.load_adapted.")
+        _require_adapter_files(d)
         if base_hash is not None:
             check_base_encoder(record, base_hash, d / ADAPTER_META_FILENAME, name=name)
         config = PeftConfig.from_pretrained(str(d))
@@ -210,6 +208,14 @@ def load_adapters(
     return peft_model
 
 
+def _require_adapter_files(d: Path) -> None:
+    """One check, one error type, for both kinds of adapter folder."""
+    if not (d / ADAPTER_CONFIG).is_file() or not (d / ADAPTER_WEIGHTS).is_file():
+        raise ConfigError(f"{d} is not a LoRA adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}).",
+                          "A fully fine-tuned model folder is loaded whole (load_adapted in "
+                          "radfm.tasks.dense_segmentation.checkpoint), not as an adapter.")
+
+
 def _set_state(peft_model: Any, state: dict[str, torch.Tensor], name: str) -> str:
     """Load one adapter's weights; returns a description of what did not fit ("" when all did)."""
     from peft.utils import set_peft_model_state_dict
@@ -232,12 +238,10 @@ def load_encoder_adapter(model: nn.Module, directory: str | Path, *, merge: bool
     time) or its weights do not fit this model.
     """
     from peft import PeftConfig, get_peft_model
-    from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     d = Path(directory)
-    if not (d / ADAPTER_CONFIG).is_file() or not (d / ADAPTER_WEIGHTS).is_file():
-        raise ConfigError(f"{d} is not a LoRA adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}).")
+    _require_adapter_files(d)
     meta_file = d / ADAPTER_META_FILENAME
     if check_base and meta_file.is_file():
         check_base_encoder(read_adapter_meta(d), encoder_sha256(model), meta_file)
@@ -246,9 +250,9 @@ def load_encoder_adapter(model: nn.Module, directory: str | Path, *, merge: bool
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5 (FutureWarning noise)
         warnings.simplefilter("ignore", FutureWarning)
         peft_model = get_peft_model(model, config, adapter_name="default")
-    res = set_peft_model_state_dict(peft_model, load_file(str(d / ADAPTER_WEIGHTS)), adapter_name="default")
-    if res.unexpected_keys:
-        raise ConfigError(f"the adapter in {d} does not fit this model: unexpected keys {list(res.unexpected_keys)[:5]}.")
+    problems = _set_state(peft_model, load_file(str(d / ADAPTER_WEIGHTS)), "default")
+    if problems:
+        raise ConfigError(f"the adapter in {d} does not fit this model: {problems}.")
     if not merge:
         return peft_model
     patch_pointwise_conv3d_merge(peft_model)
