@@ -128,9 +128,10 @@ class TransformersBackend:
         from transformers import AutoModelForCausalLM
 
         import radfm  # noqa: F401  (torchvision shim before transformers/peft)
+        from radfm.weights import require_model_files
 
-        model_dir = Path(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+        model_dir = require_model_files(model_dir, "language model", tokenizer=False)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True).eval()
         if adapters:
             from peft import PeftModel
 

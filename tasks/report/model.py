@@ -40,6 +40,7 @@ from radfm.models.vlm import RadFMForReportGeneration
 from radfm.preprocess.plan import PLAN_FILENAME, PreprocessPlan
 from radfm.tasks.report.prompting import PROMPT_VERSION
 from radfm.tasks.report.tokenizer import VOLUME_TOKEN
+from radfm.weights import require_model_files
 
 __all__ = [
     "META_FILENAME",
@@ -258,6 +259,7 @@ def _load(path: str | Path | None = None, *, dtype: torch.dtype | None = None) -
     if int(meta.get("prompt_version", -1)) != PROMPT_VERSION:
         raise ConfigError(f"{p} was trained with prompt format {meta.get('prompt_version')}, this radfm "
                           f"builds format {PROMPT_VERSION}.", "Retrain the model with this radfm version.")
+    require_model_files(p, "report model", written_by="radfm train report")  # not a safe_open traceback
     tokenizer = AutoTokenizer.from_pretrained(str(p))
     tokenizer.padding_side = "left"
     kind = meta.get("kind")
@@ -266,11 +268,11 @@ def _load(path: str | Path | None = None, *, dtype: torch.dtype | None = None) -
         if isinstance(meta.get("encoder"), dict) and meta["encoder"].get("source") == STARTER_REF:
             model = _load_with_starter_encoder(p, meta["encoder"], dtype)
         else:
-            model = RadFMForReportGeneration.from_pretrained(str(p), **kwargs).eval()
+            model = RadFMForReportGeneration.from_pretrained(str(p), use_safetensors=True, **kwargs).eval()
         plan = PreprocessPlan.load(p) if (p / PLAN_FILENAME).is_file() else None
         return ReportModel("vlm", model, tokenizer, plan, meta, p)
     if kind == "text":
-        model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True, **kwargs).eval()
         return ReportModel("text", model, tokenizer, None, meta, p)
     raise ConfigError(f"{meta_path} has unknown kind {kind!r}.", "Expected 'vlm' or 'text'.")
 
