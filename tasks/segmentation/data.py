@@ -184,12 +184,13 @@ def load_real_cases(plan: PreprocessPlan, *, split: str, root: Path | None, pseu
 
 # ----------------------------------------------------------------------------- pseudo-masks
 def pseudo_mask_labels(image: np.ndarray, rng: np.random.Generator, *, min_voxels: int = 40,
-                       max_fraction: float = 0.03) -> np.ndarray:
+                       max_fraction: float = 0.15) -> np.ndarray:
     """Intensity-homogeneous connected regions of a ``(D, H, W)`` normalised image (int32, 0 = none).
 
     The smoothed image is split into ``k`` intensity classes (1D k-means on its values, ``k`` from
     3 to 6 at random), each class into 6-connected components after a one-voxel opening (which cuts
-    thin bridges); components of ``min_voxels`` up to ``max_fraction`` of the volume are kept.
+    thin bridges); components of ``min_voxels`` up to ``max_fraction`` of the volume are kept
+    (15 %: organ-sized homogeneous regions too, so that a click also learns to fill a large object).
     """
     sm = ndimage.gaussian_filter(image.astype(np.float32), float(rng.uniform(0.6, 1.2)))
     k = int(rng.integers(3, 7))

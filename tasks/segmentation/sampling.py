@@ -83,7 +83,7 @@ def sample(pools: Pools, cfg: TrainConfig, rng: np.random.Generator, class_names
             centre = [rng.uniform(0.25, 0.75) * s for s in case.labels.shape]
             img, _ = random_crop(case.image, case.labels, size, centre, rng, zoom=zoom)
             modality = case.modality_id
-        img, target = insert_shape(img, rng, size_range=(8, max(10, int(min(size) * 0.6))))
+        img, target = insert_shape(img, rng, size_range=(8, max(10, int(min(size) * 0.95))))
         if target.sum() < 40:  # a sliver teaches nothing about borders
             return sample(pools, cfg, rng, class_names)
         return Sample(augment_intensity(img, rng), target, modality)
@@ -93,7 +93,7 @@ def sample(pools: Pools, cfg: TrainConfig, rng: np.random.Generator, class_names
         ids = target_ids(case, "pseudo" if kind == "pseudo" else "real")
         if ids:
             break
-    obj = int(rng.choice(ids))
+    obj = _size_weighted(case, ids, rng)
     name = case.targets[obj]
     cid = _class_index(name, class_names) if kind != "pseudo" else -1
     by_class = cid >= 0 and rng.random() < cfg.p_class / max(cfg.mix.get("real", 0.3), 1e-6) * 0.3
@@ -119,6 +119,21 @@ def sample(pools: Pools, cfg: TrainConfig, rng: np.random.Generator, class_names
         return sample(pools, cfg, rng, class_names)
     return Sample(augment_intensity(img, rng), target, case.modality_id, class_id=cid if by_class else -1,
                   flip_ok=not by_class)
+
+
+def _size_weighted(case: TrainCase, ids: list[int], rng: np.random.Generator) -> int:
+    """One target id, with probability ∝ √voxels: large organs are prompted as often as users do.
+
+    Uniform over labels, a CT with 30 ribs and vertebrae and one liver showed the liver in well
+    under 1 % of samples, and the model learned that every click is a small object.
+    """
+    sizes = getattr(case, "_target_sizes", None)
+    if sizes is None:
+        counts = np.bincount(case.labels.ravel().clip(0))
+        sizes = {k: int(counts[k]) if k < len(counts) else 0 for k in case.targets}
+        case._target_sizes = sizes  # type: ignore[attr-defined]  # cache: labels never change
+    w = np.sqrt(np.array([max(sizes.get(k, 0), 1) for k in ids], float))
+    return int(ids[int(rng.choice(len(ids), p=w / w.sum()))])
 
 
 def _interior_click(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:

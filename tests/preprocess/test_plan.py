@@ -72,3 +72,22 @@ def test_modality_mismatch_is_an_input_error():
     vol.modality = "MR"
     with pytest.raises(InputError, match="trained on CT"):
         apply_plan(vol, PreprocessPlan(modality="CT"))
+
+
+def test_auto_normalisation_keeps_soft_tissue_contrast_on_ct_and_is_percentile_on_mr():
+    """Liver (60 HU) next to spleen (45 HU): under p0.5..p99.5 (air to bone) they are ~1 % of the range
+    apart, under "auto" (CT: tanh soft-tissue map) several times more; MR is unchanged."""
+    arr = np.full((40, 30, 20), -1000.0, np.float32)
+    arr[5:20, 5:25, 2:18], arr[20:35, 5:25, 2:18] = 60.0, 45.0
+    arr[30:35, 5:25, 8:12] = 1200.0  # 1.7 % of the voxels: p99.5 is bone, as in a real CT
+    ct = Volume(array=arr, affine=np.eye(4), modality="CT")
+    auto = PreprocessPlan(target_spacing=None, normalization="auto")
+    pct = PreprocessPlan(target_spacing=None, normalization="percentile")
+    a, p = apply_plan(ct, auto).tensor[0], apply_plan(ct, pct).tensor[0]
+    gap_auto = float(a[10, 10, 10] - a[10, 10, 25])  # model (D, H, W) = canonical (Z, Y, X)
+    gap_pct = float(p[10, 10, 10] - p[10, 10, 25])
+    assert gap_auto > 0.06 and gap_auto > 4 * gap_pct
+    assert float(a.min()) > -1.0 and float(a.max()) < 1.0  # nothing clipped: HU order kept
+    assert float(a[10, 10, 32]) > float(a[10, 10, 10])  # bone above soft tissue
+    mr = Volume(array=np.abs(arr) + 1.0, affine=np.eye(4), modality="MR")
+    assert torch.equal(apply_plan(mr, auto).tensor, apply_plan(mr, pct).tensor)
