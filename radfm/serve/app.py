@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from radfm import __version__, registry
 from radfm.errors import ConfigError, InputError, RadfmError, ResourceError
 from radfm.registry import UnknownComponentError
+from radfm.serve.admission import Admission, AdmissionLimits, AdmissionMiddleware
 from radfm.serve.backends import BackendUnavailableError, LLMBackend
 from radfm.serve.errors import install_handlers
 from radfm.serve.security import (
@@ -58,6 +60,9 @@ class ServeSettings:
         session_ttl_s: idle seconds before an interactive session (``/v1/sessions``) expires.
         session_max_bytes: memory cap of all interactive sessions together (least recently used
             evicted first); each holds a preprocessed volume and its image embedding.
+        max_active, max_queue, queue_timeout_s, retry_after_s: admission control
+            (:mod:`radfm.serve.admission`): heavy requests running at once, waiting for a slot
+            (503 with ``Retry-After`` past it), longest wait; ``/health`` is never queued.
     """
 
     api_keys: tuple[str, ...] = field(repr=False, default=())
@@ -72,6 +77,15 @@ class ServeSettings:
     routers: tuple[str, ...] | None = None
     session_ttl_s: float = 900.0
     session_max_bytes: int = 2 * 2**30
+    max_active: int = 4
+    max_queue: int = 64
+    queue_timeout_s: float = 300.0
+    retry_after_s: int = 5
+
+    @property
+    def admission_limits(self) -> AdmissionLimits:
+        return AdmissionLimits(max_active=self.max_active, max_queue=self.max_queue,
+                               queue_timeout_s=self.queue_timeout_s, retry_after_s=self.retry_after_s)
 
     @property
     def upload_limits(self) -> UploadLimits:
@@ -144,6 +158,14 @@ class _UploadScopeMiddleware:
             uploads.cleanup()
 
 
+def _adapter_list(backend: Any) -> list[str] | None:
+    adapters = getattr(backend, "adapter_names", None)
+    try:
+        return list(adapters()) if callable(adapters) else []
+    except Exception:  # an unreachable backend: /health still answers, and asks again next time
+        return None
+
+
 def create_app(settings: ServeSettings, *, backend: LLMBackend | None,
                model_dirs: Mapping[str, str | Path] | None = None) -> FastAPI:
     """Build the service. Routers come from the ``radfm.routes`` entry points (see module docstring).
@@ -155,6 +177,8 @@ def create_app(settings: ServeSettings, *, backend: LLMBackend | None,
         raise ConfigError("the server needs an API key.", "Set RADFM_API_KEY or pass --api-key-file.")
     state = ServeState(settings=settings, backend=backend,
                        model_dirs={k: Path(v) for k, v in (model_dirs or {}).items()})
+    admission = Admission(settings.admission_limits)
+    state.extras["admission"] = admission
     app = FastAPI(title="radfm", version=__version__,
                   description="radfm inference service. Research software: every output is a draft "
                               "for review by a qualified reader. Every route needs the API key.")
@@ -180,21 +204,26 @@ def create_app(settings: ServeSettings, *, backend: LLMBackend | None,
     state.extras["routers"] = loaded
 
     @app.get("/health", tags=["service"])
-    def health() -> dict[str, Any]:
-        """Liveness and what this server serves (needs the API key like every route)."""
-        adapters = getattr(backend, "adapter_names", None)
-        try:
-            adapter_list = adapters() if callable(adapters) else []
-        except Exception:
-            adapter_list = []
+    async def health() -> dict[str, Any]:
+        """Liveness, what this server serves and its queue (needs the API key like every route).
+
+        ``async`` and never queued: it runs on the event loop, needs no worker thread, and answers
+        while every slot is busy. The backend's adapter list (an HTTP call for vLLM) is asked once,
+        in a thread.
+        """
+        adapters = state.extras.get("adapters")
+        if adapters is None:
+            adapters = state.extras["adapters"] = await run_in_threadpool(_adapter_list, backend)
         return {"status": "ok", "version": __version__,
-                "backend": getattr(backend, "name", None), "adapters": adapter_list,
-                "models": sorted(state.model_dirs), "routers": loaded, "routers_failed": failed}
+                "backend": getattr(backend, "name", None), "adapters": adapters or [],
+                "models": sorted(state.model_dirs), "routers": loaded, "routers_failed": failed,
+                "queue": admission.stats()}
 
     # Added innermost first: the access log (outermost) sees every answer, the key check comes
     # before anything reads the body, the upload scope wraps only authorised, size-checked requests.
     app.add_middleware(_UploadScopeMiddleware, limits=settings.upload_limits, tmp_root=settings.tmp_dir)
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
+    app.add_middleware(AdmissionMiddleware, admission=admission)  # queue wait not counted in the timeout
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(APIKeyMiddleware, keys=settings.api_keys)
     app.add_middleware(AccessLogMiddleware, log_details=settings.log_details)

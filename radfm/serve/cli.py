@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from radfm.argtypes import non_negative_float, port, positive_float
+from radfm.argtypes import non_negative_float, non_negative_int, port, positive_float, positive_int
 from radfm.errors import ConfigError
 
 log = logging.getLogger("radfm.serve")
 
-__all__ = ["EngineHandle", "build_backend", "register", "serve"]
+__all__ = ["MAX_CONNECTIONS", "EngineHandle", "build_backend", "register", "serve"]
+
+#: uvicorn's limit on open connections: a descriptor guard, not admission control (that is the app's)
+MAX_CONNECTIONS = 4096
 
 
 @dataclass
@@ -118,11 +121,14 @@ def _first_base_model(url: str) -> str:
 
 
 def serve(settings: Any, *, backend: Any, model_dirs: Mapping[str, str | Path] | None = None,
-          max_concurrency: int | None = 64) -> None:
+          max_connections: int | None = MAX_CONNECTIONS) -> None:
     """Run the app under uvicorn until SIGINT/SIGTERM.
 
     uvicorn's own access log is off: it prints query strings. The app logs its own lines
-    (``radfm.serve.access``) without them.
+    (``radfm.serve.access``) without them. ``max_connections`` is uvicorn's ``limit_concurrency``
+    (open connections + tasks before it answers 503 itself): a guard against running out of file
+    descriptors, far above the app's own admission control (``settings.max_active`` /
+    ``max_queue``), which queues heavy requests and never queues ``/health``.
     """
     import uvicorn
 
@@ -133,7 +139,7 @@ def serve(settings: Any, *, backend: Any, model_dirs: Mapping[str, str | Path] |
         log.warning("binding %s: the service is reachable from other machines; put a TLS proxy in front",
                     settings.host)
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, server_header=False,
-                timeout_keep_alive=5, limit_concurrency=max_concurrency, log_level="info",
+                timeout_keep_alive=5, limit_concurrency=max_connections, log_level="info",
                 log_config=None)
 
 
@@ -159,14 +165,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              request_timeout_s=args.timeout_s, log_details=args.log_details,
                              routers=tuple(args.router) if args.router else None,
                              session_ttl_s=_setting(args.session_ttl_s, "RADFM_SESSION_TTL_S", 900.0),
-                             session_max_bytes=int(_setting(args.session_max_mb, "RADFM_SESSION_MAX_MB", 2048.0) * 2**20))
+                             session_max_bytes=int(_setting(args.session_max_mb, "RADFM_SESSION_MAX_MB", 2048.0) * 2**20),
+                             max_active=int(_setting(args.max_active, "RADFM_MAX_ACTIVE", 4)),
+                             max_queue=int(_setting(args.max_queue, "RADFM_MAX_QUEUE", 64)),
+                             queue_timeout_s=_setting(args.queue_timeout_s, "RADFM_QUEUE_TIMEOUT_S", 300.0))
     handle = build_backend(args.engine, model_dir=args.model, llm_dir=args.llm,
                            adapters=_name_dir(args.adapter, "--adapter"), vllm_url=args.vllm_url,
                            vllm_model=args.vllm_model, vllm_python=args.vllm_python,
                            timeout_s=args.timeout_s)
     try:
         log.info("engine: %s; models: %s", getattr(handle.backend, "name", "none"), ", ".join(model_dirs) or "none")
-        serve(settings, backend=handle.backend, model_dirs=model_dirs, max_concurrency=args.max_concurrency)
+        serve(settings, backend=handle.backend, model_dirs=model_dirs, max_connections=args.max_connections or None)
     finally:
         handle.close()
     return 0
@@ -222,7 +231,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-upload-mb", type=positive_float, default=512, help="request body limit in MB (default: 512)")
     p.add_argument("--timeout-s", type=non_negative_float, default=600,
                    help="per-request time limit, 0 for none (default: 600)")
-    p.add_argument("--max-concurrency", type=int, default=64, help="open requests before 503 (default: 64)")
+    p.add_argument("--max-active", type=positive_int, default=None,
+                   help="heavy requests (uploads, inference) running at once; more wait in the queue "
+                        "(default: $RADFM_MAX_ACTIVE or 4)")
+    p.add_argument("--max-queue", type=non_negative_int, default=None,
+                   help="heavy requests waiting for a slot; past them 503 with Retry-After; /health is never "
+                        "queued (default: $RADFM_MAX_QUEUE or 64)")
+    p.add_argument("--queue-timeout-s", type=positive_float, default=None,
+                   help="longest wait for a slot before 503 (default: $RADFM_QUEUE_TIMEOUT_S or 300)")
+    p.add_argument("--max-connections", "--max-concurrency", dest="max_connections", type=non_negative_int,
+                   default=MAX_CONNECTIONS, help=f"open connections before uvicorn refuses more, 0 for no limit "
+                   f"(default: {MAX_CONNECTIONS})")
     p.add_argument("--session-ttl-s", type=positive_float, default=None,
                    help="idle seconds before an interactive /v1/sessions session expires "
                         "(default: $RADFM_SESSION_TTL_S or 900)")
