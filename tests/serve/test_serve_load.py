@@ -122,3 +122,12 @@ def test_limits_are_validated() -> None:
         AdmissionLimits(max_active=0)
     with pytest.raises(ConfigError):
         AdmissionLimits(max_active=100)
+
+
+def test_serve_load_bench_smoke(tmp_path) -> None:
+    """``radfm bench serve-load`` against a real ``radfm serve`` process: a short run, nothing written."""
+    from radfm.eval.benchmarks.serve_load import run
+
+    out = run(["--rounds", "1", "--concurrency", "20", "--no-write"])
+    assert out["rows"][0]["errors"] == 0 and out["rows"][0]["requests"] == 20
+    assert out["memory_mib"]["start"]["VmRSS"] > 0
