@@ -19,6 +19,8 @@ import re
 import sys
 from typing import Any
 
+from radfm.argtypes import non_negative_int
+
 __all__ = ["parse_box", "parse_point", "register"]
 
 
@@ -128,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --dicom-seg: apply PS3.15 Annex E basic profile (no patient names, IDs, dates or "
                         "private tags in the SEG; UIDs replaced consistently)")
     p.add_argument("--modality", choices=["CT", "MR"], default=None, help="declare the modality")
-    p.add_argument("--series", type=int, default=None, help="series index when a DICOM folder holds several")
+    p.add_argument("--series", type=non_negative_int, default=None, help="series index when a DICOM folder holds several")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="inference precision (default fp32)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_run)

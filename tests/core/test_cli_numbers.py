@@ -13,6 +13,7 @@ from radfm.cli import main
 @pytest.mark.parametrize("argv,option", [
     (["register", "f.nii", "m.nii", "--instance-steps", "-5"], "--instance-steps"),
     (["check", "x.nii", "--series", "-1"], "--series"),
+    (["segment", "x.nii", "--point", "1,2,3", "--series", "-1"], "--series"),
     (["demo", "--seed", "-3"], "--seed"),
     (["serve", "--port", "0"], "--port"),
     (["serve", "--max-upload-mb", "0"], "--max-upload-mb"),
