@@ -30,41 +30,41 @@ def _float(text: str) -> float:
     return value
 
 
+def _require(ok: bool, rule: str, shown: object) -> None:
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {shown}")
+
+
 def positive_int(text: str) -> int:
     """A whole number ≥ 1 (counts: steps, shots, threads, tokens)."""
     value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    _require(value >= 1, "1 or more", value)
     return value
 
 
 def non_negative_int(text: str) -> int:
     """A whole number ≥ 0 (indices, seeds, optional step counts where 0 means off)."""
     value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    _require(value >= 0, "0 or more", value)
     return value
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (sizes, learning rates, time-to-live)."""
     value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    _require(value > 0, "greater than 0", text)
     return value
 
 
 def non_negative_float(text: str) -> float:
     """A finite number ≥ 0 (time limits where 0 disables)."""
     value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    _require(value >= 0, "0 or more", text)
     return value
 
 
 def port(text: str) -> int:
     """A TCP port, 1..65535."""
     value = _int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number 1..65535, got {value}")
+    _require(1 <= value <= 65535, "a port number 1..65535", value)
     return value
