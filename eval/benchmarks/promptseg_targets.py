@@ -19,6 +19,7 @@ class Target:
     name: str
     volume: Volume
     gt: np.ndarray  # canonical bool
+    held_out: bool = True  # False: the subject is in the training split (reported apart, not in the means)
 
 
 def shared_root(root: Path | None) -> Path:
@@ -47,10 +48,22 @@ def load_targets(data: Path, quick: bool = False) -> list[Target]:
     for name, lid in list(structures.items())[: 1 if quick else None]:
         out.append(Target("brain MRI structure", name, brain, npz["seg"] == lid))
     py = data / "seg3d" / "pyradiomics"
-    lesions = [("brain tumour (MRI)", "brain1", "MR"), ("lung tumour 1 (CT)", "lung1", "CT"),
-               ("lung tumour 2 (CT)", "lung2", "CT")]
+    # lung2 is held out; brain1 and lung1 are in the training split (REAL_CASES): shown apart, never averaged in.
+    lesions = [("lung tumour 2 (CT)", "lung2", "CT"), ("brain tumour (MRI)", "brain1", "MR"),
+               ("lung tumour 1 (CT)", "lung1", "CT")]
     for name, stem, mod in lesions[: 1 if quick else None]:
         img = load_volume(py / f"{stem}_image.nrrd", modality=mod)
         lab = load_volume(py / f"{stem}_label.nrrd").array > 0
-        out.append(Target("lesion", name, img, lab))
+        held = _held_out(f"{_PR}/{stem}_image.nrrd")
+        out.append(Target("lesion" if held else "lesion, training subject", name, img, lab, held_out=held))
     return out
+
+
+_PR = "seg3d/pyradiomics"
+
+
+def _held_out(image: str) -> bool:
+    """Whether ``REAL_CASES`` puts this image in the test split (unknown images count as held out)."""
+    from radfm.tasks.segmentation.data import REAL_CASES
+
+    return all(c.split == "test" for c in REAL_CASES if c.image == image)

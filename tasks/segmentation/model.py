@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
@@ -61,6 +62,9 @@ class RadFMSegConfig(PreTrainedConfig):
         encoder_source: ``"included"`` (in model.safetensors), ``"starter-cnn"`` (the package's
             shared CNN encoder, ``radfm.starter.starter_encoder_path("cnn")``, plus the LoRA adapter
             saved beside when there is one) or ``"external"`` (pass ``encoder=`` to ``from_pretrained``).
+        inference_spacings: extra isotropic grid spacings (mm, coarser than the plan's) at which a
+            first prompt is also answered; the predictor keeps the mask whose border lies on an
+            image edge (``scale_choice``) and refines at that spacing. Empty: the plan's spacing only.
     """
 
     model_type = "radfm_prompt_segmenter"
@@ -73,6 +77,7 @@ class RadFMSegConfig(PreTrainedConfig):
     class_names: list[str] | None = None
     window_size: list[int] | tuple[int, ...] = (128, 128, 128)
     encoder_source: str = "included"
+    inference_spacings: list[float] | tuple[float, ...] = ()
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.encoder_config is None:
@@ -89,6 +94,9 @@ class RadFMSegConfig(PreTrainedConfig):
             raise ConfigError(f"window_size {self.window_size} must be three positive multiples of the encoder "
                               f"stride {tuple(patch)}.")
         self.class_names = [str(c) for c in (self.class_names or [])]
+        self.inference_spacings = [float(v) for v in (self.inference_spacings or ())]
+        if any(not np.isfinite(v) or v <= 0 for v in self.inference_spacings):
+            raise ConfigError(f"inference_spacings must be positive mm values, got {self.inference_spacings}.")
 
 
 @dataclass

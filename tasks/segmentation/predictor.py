@@ -12,6 +12,11 @@ prompts (computed at the first ``predict`` and reused while later prompts stay i
 larger than the window is segmented by a sliding window over the box, logits blended with
 weights that fall towards tile borders. Results are mapped back onto the volume's canonical grid
 only inside the window's footprint, so memory stays bounded by the window, not the volume.
+
+Scales. A model whose config lists ``inference_spacings`` answers a *first* prompt (no previous
+mask) at the plan's spacing and at each of those, and keeps the mask whose border lies on an image
+edge (``scale_choice``); passing that result back as ``mask_input`` refines on the grid it came
+from, so later clicks cost one decoder pass on one grid.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from radfm.tasks.segmentation.calibration import stability_score
 from radfm.tasks.segmentation.loading import load_calibration
 from radfm.tasks.segmentation.model import ImageEmbeddings, RadFMPromptSegmenter
 from radfm.tasks.segmentation.results import Prompts, SegResult
+from radfm.tasks.segmentation.scale_choice import choose_by_contrast
 from radfm.tasks.segmentation.window import tile_weight
 
 __all__ = ["SegPredictor"]
@@ -62,10 +68,13 @@ class SegPredictor:
             faster on CPUs with AMX, masks differ by a few boundary voxels).
         calibration: maps the predicted IoU to an expected Dice (default: ``calibration.json`` next
             to the weights if the model was loaded from a folder that has one).
+        spacings: extra grid spacings (mm) for first prompts (default
+            ``model.config.inference_spacings``; ``()``: the plan's spacing only).
     """
 
     def __init__(self, model: RadFMPromptSegmenter, plan: PreprocessPlan | None = None, *,
-                 dtype: Literal["fp32", "bf16"] = "fp32", calibration: Any = None) -> None:
+                 dtype: Literal["fp32", "bf16"] = "fp32", calibration: Any = None,
+                 spacings: Sequence[float] | None = None) -> None:
         self.model = model.eval()
         self.plan = plan or model.preprocess_plan
         if self.plan is None:
@@ -82,6 +91,25 @@ class SegPredictor:
         self._prepared: PreparedInput | None = None
         self._cache: OrderedDict[tuple[int, ...], ImageEmbeddings] = OrderedDict()
         self._window: Window | None = None
+        own = tuple(float(v) for v in self.plan.target_spacing)
+        extra = model.config.inference_spacings if spacings is None else spacings
+        #: One single-grid predictor per extra spacing (same model, its own prepared volume and cache).
+        self._scales: dict[tuple[float, float, float], SegPredictor] = {}
+        for mm in extra:
+            key = (float(mm),) * 3
+            if key != own and key not in self._scales:
+                self._scales[key] = SegPredictor(model, replace(self.plan, target_spacing=key), dtype=dtype,
+                                                 calibration=self.calibration, spacings=())
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """This predictor's own model grid (mm), the plan's target spacing."""
+        return tuple(float(v) for v in self.plan.target_spacing)  # type: ignore[return-value]
+
+    @property
+    def spacings(self) -> list[tuple[float, float, float]]:
+        """Every grid a first prompt is answered on (this predictor's first)."""
+        return [self.spacing, *self._scales]
 
     # --- volume ------------------------------------------------------------------------------
     def set_volume(self, volume: Volume) -> None:
@@ -101,6 +129,8 @@ class SegPredictor:
         if full is not None:
             self._window = full
             self._embedding(full)
+        for other in self._scales.values():
+            other.set_volume(volume)
 
     @property
     def is_volume_set(self) -> bool:
@@ -136,6 +166,8 @@ class SegPredictor:
         """Forget the volume and its cached embeddings."""
         self.volume, self._prepared, self._window = None, None, None
         self._cache.clear()
+        for other in self._scales.values():
+            other.reset_volume()
 
     def _padded_shape(self) -> tuple[int, int, int]:
         return self.geometry.padded_shape
@@ -257,6 +289,26 @@ class SegPredictor:
         """
         if self._prepared is None or self.volume is None:
             raise InputError("no volume set.", "Call set_volume(volume) first.")
+        kwargs = dict(points=points, labels=labels, box=box, coords=coords, multimask=multimask, class_name=class_name)
+        if isinstance(mask_input, SegResult) and mask_input.spacing in self._scales:
+            return self._scales[mask_input.spacing].predict(mask_input=mask_input, **kwargs)  # type: ignore[arg-type]
+        here = self._predict_here(mask_input=mask_input, **kwargs)  # type: ignore[arg-type]
+        if mask_input is not None or not self._scales:
+            return here
+        results = [here] + [other._predict_here(**kwargs) for other in self._scales.values()]  # type: ignore[arg-type]
+        best, scores = choose_by_contrast(self.volume.array, [r.mask for r in results], self.volume.spacing,
+                                          modality=self.volume.modality)
+        chosen = results[best]
+        chosen.scale_scores = {r.spacing[0]: s for r, s in zip(results, scores) if r.spacing is not None}
+        log.info("first prompt answered at %s mm (border contrast by spacing: %s)", chosen.spacing,
+                 {k: round(v, 3) for k, v in chosen.scale_scores.items()})
+        return chosen
+
+    def _predict_here(self, points: Any, labels: Any, box: Any, mask_input: SegResult | torch.Tensor | None = None,
+                      *, coords: Literal["voxel", "world"] = "voxel", multimask: bool = True,
+                      class_name: str | None = None) -> SegResult:
+        """``predict`` on this predictor's own grid only."""
+        assert self._prepared is not None and self.volume is not None
         prompts = self._prompts(points, labels, box, coords, class_name)
         if prompts.points is None:
             if prompts.box is None:  # a class name alone: the whole volume, tiled when it exceeds a window
@@ -357,7 +409,7 @@ class SegPredictor:
             low = bool(self.calibration.is_low_confidence(value))
         return SegResult(mask=mask, score=score, candidate_scores=scores, best_index=best, low_res_logits=low_res,
                          expected_dice=expected, low_confidence=low, stability=stability, window=window,
-                         _candidate_logits=candidate_logits, _to_canonical=to_canonical)
+                         spacing=self.spacing, _candidate_logits=candidate_logits, _to_canonical=to_canonical)
 
     # --- sliding window for big boxes ---------------------------------------------------------
     def _predict_sliding_box(self, prompts: Prompts) -> SegResult:

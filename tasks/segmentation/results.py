@@ -29,6 +29,10 @@ class SegResult:
         expected_dice: calibrated expected Dice from ``score`` / ``stability`` (``None`` without calibration).
         low_confidence: ``expected_dice`` below the calibration's threshold.
         window: model-input window ``((z0, z1), (y0, y1), (x0, x1))`` the logits belong to.
+        spacing: the model grid (mm) the mask was predicted on; passing this result back as
+            ``mask_input`` refines on the same grid.
+        scale_scores: with several inference spacings, the border contrast of each spacing's
+            candidate (``scale_choice.boundary_contrast``), by spacing.
     """
 
     mask: np.ndarray
@@ -40,6 +44,8 @@ class SegResult:
     low_confidence: bool = False
     stability: float | None = None
     window: tuple[tuple[int, int], ...] | None = None
+    spacing: tuple[float, float, float] | None = None
+    scale_scores: dict[float, float] | None = None
     _candidate_logits: torch.Tensor | None = field(default=None, repr=False)
     _to_canonical: Any = field(default=None, repr=False)
 

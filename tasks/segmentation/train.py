@@ -226,6 +226,7 @@ class SegRecipe:
     phantoms: int = 24
     real: bool = True
     window: tuple[int, int, int] = (96, 96, 96)
+    inference_spacings: tuple[float, ...] = (3.0, 4.0, 5.0)
     checkpoint_every: int = 200
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -245,7 +246,8 @@ def run_recipe(recipe: SegRecipe) -> Path:
         encoder = RadFMEncoder.from_pretrained(recipe.init_encoder, dtype=torch.float32)
     else:
         encoder = RadFMEncoder(RadFMEncoderConfig.from_preset(recipe.preset))
-    model = build_model(encoder, class_names=CLASS_VOCABULARY, window=recipe.window)
+    model = build_model(encoder, class_names=CLASS_VOCABULARY, window=recipe.window,
+                        inference_spacings=list(recipe.inference_spacings))
     if recipe.init_model:
         model.load_state_dict(RadFMPromptSegmenter.from_pretrained(recipe.init_model).state_dict())
     model.preprocess_plan = plan
