@@ -40,7 +40,8 @@ def result_payload(result: Any, volume: Any, *, return_mask: str = "nifti", stru
                    ) -> dict[str, Any]:
     """Summary of ``result`` (a ``SegResult`` on ``volume``'s canonical grid) plus the encoded mask.
 
-    Keys: ``empty``, ``score``, ``expected_dice``, ``stability``, ``low_confidence``, ``voxels``,
+    Keys: ``empty``, ``score``, ``expected_dice``, ``stability``, ``low_confidence``, ``grid_mm`` (the
+    model grid that answered), ``voxels``,
     ``volume_ml``, ``bbox_voxel``, ``bbox_mm``, and ``mask_nifti_gz_b64`` (gzip NIfTI, base64) or
     ``dicom_seg_b64`` (``None`` for an empty mask: a SEG with no segment is not valid DICOM).
     """
@@ -53,6 +54,7 @@ def result_payload(result: Any, volume: Any, *, return_mask: str = "nifti", stru
     out: dict[str, Any] = {
         "empty": n == 0, "score": _round(result.score), "expected_dice": _round(result.expected_dice),
         "stability": _round(result.stability), "low_confidence": bool(result.low_confidence),
+        "grid_mm": None if getattr(result, "spacing", None) is None else float(result.spacing[0]),
         **mask_summary(mask, volume),
     }
     if return_mask == "none":

@@ -37,6 +37,7 @@ def test_cli_segments_a_nifti_and_writes_the_mask_in_the_input_space(
     voxel_ml = abs(np.linalg.det(ref.affine[:3, :3])) / 1000
     assert summary["volume_ml"] == pytest.approx(data.sum() * voxel_ml, abs=1e-3)
     assert set(summary) >= {"score", "low_confidence", "bbox_voxel", "bbox_mm", "expected_dice", "prompts", "stability"}
+    assert summary["grid_mm"] == 2.0  # the tiny model's plan grid (it has no extra inference spacings)
     assert summary["stability"] is None or 0.0 <= summary["stability"] <= 1.0
     if data.any():  # the bounding box is in the file's own (native) voxel indices
         idx = np.argwhere(data)
