@@ -1,8 +1,9 @@
 """``radfm bench encoder-probe``: does the shared encoder carry image content? A frozen-feature linear probe.
 
 Method. Held-out real volumes never used for training (the FreeSurfer-labelled T1 brain of
-VoxelMorph, the TotalSegmentator example CT) are prepared with the encoder's plan (2 mm,
-percentile normalisation). Each encoder runs frozen on the whole volume; every stage map is
+VoxelMorph, the TotalSegmentator example CT) are prepared with one plan for every feature set
+(2 mm; ``--normalization auto``, the shipped encoder's: CT through the soft-tissue map, MR
+percentile; or ``percentile`` for both). Each encoder runs frozen on the whole volume; every stage map is
 upsampled (trilinear) to the input grid and concatenated, giving one feature vector per voxel. A
 linear softmax probe (standardised features, L2 weight decay, full-batch L-BFGS) is fitted on
 voxels of one half of the volume (z below the middle) and scored on the other half: macro Dice
@@ -154,6 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--random-preset", default="cnn-small", help="architecture of the random-init control")
     p.add_argument("--pretrain-run", type=Path, default=None, help="a `radfm pretrain` output dir (metrics.jsonl)")
     p.add_argument("--voxels", type=int, default=12000, help="probe voxels per half")
+    p.add_argument("--normalization", choices=("auto", "percentile"), default="auto",
+                   help="intensity map for every feature set (auto: the shipped encoder's training map)")
     p.add_argument("--threads", type=int, default=None)
     add_output_args(p)
     return p
@@ -166,7 +169,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     root = shared_data_root(str(args.data) if args.data else None)
     if root is None or not root.is_dir():
         raise SystemExit("../shared/data not found: pass --data DIR")
-    plan = PreprocessPlan(target_spacing=(2.0, 2.0, 2.0), normalization="percentile", pad_multiple=(16, 16, 16))
+    plan = PreprocessPlan(target_spacing=(2.0, 2.0, 2.0), normalization=args.normalization, pad_multiple=(16, 16, 16))
     torch.manual_seed(0)
     encoders: dict[str, RadFMEncoder] = {"random init": RadFMEncoder(RadFMEncoderConfig.from_preset(args.random_preset)).eval()}
     for spec in args.encoder:
@@ -205,7 +208,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_write:
         notes = [
             "Held-out real volumes only (never used for training or pretraining). Probe fitted on the lower half "
-            "of each volume (z), scored on the upper half; macro Dice over classes present there.",
+            "of each volume (z), scored on the upper half; macro Dice over classes present there. "
+            f"Intensity map for every feature set: `{args.normalization}`.",
         ]
         if recon is not None:
             last = recon["last"]
