@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean vllm-env
+.PHONY: install demo test lint clean vllm-env pacs-env
 
 $(BIN)/.radfm-installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ lint: install
 vllm-env:
 	bash scripts/setup_vllm_env.sh
 
-test: lint vllm-env
+# Debian's Orthanc (+ DICOMweb plugin) for the PACS round trip in tests/pacs; best effort (skipped without it).
+pacs-env:
+	bash scripts/setup_orthanc.sh
+
+test: lint vllm-env pacs-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
