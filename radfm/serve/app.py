@@ -63,6 +63,8 @@ class ServeSettings:
         max_active, max_queue, queue_timeout_s, retry_after_s: admission control
             (:mod:`radfm.serve.admission`): heavy requests running at once, waiting for a slot
             (503 with ``Retry-After`` past it), longest wait; ``/health`` is never queued.
+        dicomweb_url: the PACS (DICOMweb root) that ``POST /v1/pacs/segment`` reads from and
+            stores DICOM SEG objects into; None: that route answers 400.
     """
 
     api_keys: tuple[str, ...] = field(repr=False, default=())
@@ -81,6 +83,7 @@ class ServeSettings:
     max_queue: int = 64
     queue_timeout_s: float = 300.0
     retry_after_s: int = 5
+    dicomweb_url: str | None = None
 
     @property
     def admission_limits(self) -> AdmissionLimits:

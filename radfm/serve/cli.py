@@ -168,7 +168,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              session_max_bytes=int(_setting(args.session_max_mb, "RADFM_SESSION_MAX_MB", 2048.0) * 2**20),
                              max_active=int(_setting(args.max_active, "RADFM_MAX_ACTIVE", 4)),
                              max_queue=int(_setting(args.max_queue, "RADFM_MAX_QUEUE", 64)),
-                             queue_timeout_s=_setting(args.queue_timeout_s, "RADFM_QUEUE_TIMEOUT_S", 300.0))
+                             queue_timeout_s=_setting(args.queue_timeout_s, "RADFM_QUEUE_TIMEOUT_S", 300.0),
+                             dicomweb_url=args.dicomweb_url or os.environ.get("RADFM_DICOMWEB_URL") or None)
     handle = build_backend(args.engine, model_dir=args.model, llm_dir=args.llm,
                            adapters=_name_dir(args.adapter, "--adapter"), vllm_url=args.vllm_url,
                            vllm_model=args.vllm_model, vllm_python=args.vllm_python,
@@ -249,5 +250,8 @@ def register(subparsers: Any) -> None:
                    help="memory cap of all interactive sessions, least recently used evicted first "
                         "(default: $RADFM_SESSION_MAX_MB or 2048)")
     p.add_argument("--router", action="append", metavar="NAME", help="mount only these radfm.routes (repeatable)")
+    p.add_argument("--dicomweb-url", metavar="URL", default=None,
+                   help="PACS (DICOMweb root) for POST /v1/pacs/segment: pull a series, store the DICOM SEG back "
+                        "(default: $RADFM_DICOMWEB_URL; token from $RADFM_DICOMWEB_TOKEN)")
     p.add_argument("--log-details", action="store_true", help="log full tracebacks (may contain PHI)")
     p.set_defaults(func=cmd_serve)

@@ -106,6 +106,7 @@ def merge_points(volume: Any, pts: list[Any], labels: list[int], pts_mm: list[An
 
 def routes(state: Any) -> APIRouter:
     """The ``/v1/segment`` and ``/v1/sessions`` routers (see the module docstring for the contract)."""
+    from radfm.tasks.segmentation.pacs_routes import pacs_router
     from radfm.tasks.segmentation.session_routes import session_router
 
     router = APIRouter(prefix="/v1", tags=["segmentation"])
@@ -160,6 +161,7 @@ def routes(state: Any) -> APIRouter:
         return summary
 
     router.include_router(session_router(state))
+    router.include_router(pacs_router(state))
     return router
 
 

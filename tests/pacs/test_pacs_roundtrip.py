@@ -122,3 +122,34 @@ def test_clear_errors_for_a_missing_study_an_unreachable_server_and_non_dicom(or
         PacsClient(orthanc).push([text])
     with pytest.raises(ConfigError, match="http"):
         PacsClient("ftp://pacs")
+
+
+def test_the_server_segments_a_pacs_series_and_stores_the_seg(orthanc: str, stored_study: str, canary_series: Path,
+                                                               tmp_path: Path) -> None:
+    """``POST /v1/pacs/segment``: pull, segment, store back; the answer names no identifier."""
+    from fastapi.testclient import TestClient
+
+    from radfm.serve.app import ServeSettings, create_app
+
+    key = "pacs-test-key-0123456789abcdef"
+    auth = {"X-API-Key": key}
+    before = {(s.modality, s.instances) for s in PacsClient(orthanc).series(stored_study)}
+    app = create_app(ServeSettings(api_keys=(key,), tmp_dir=tmp_path, routers=("segmentation",), dicomweb_url=orthanc),
+                     backend=None)
+    with TestClient(app) as client:
+        r = client.post("/v1/pacs/segment", headers=auth,
+                        json={"study_uid": stored_study, "series_number": 3, "points": [[256, 300, 10]]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["is_research_output"] is True and body["voxels"] > 0
+        assert body["pacs"] == {"stored": 1, "failed": 0}
+        assert not any(v in r.text for v in _identifiers(canary_series))
+        bad = client.post("/v1/pacs/segment", headers=auth, json={"study_uid": stored_study})
+        assert bad.status_code == 400 and "empty prompt" in bad.text
+    after = [(s.modality, s.instances) for s in PacsClient(orthanc).series(stored_study)]
+    assert sum(m == "SEG" for m, _ in after) == sum(m == "SEG" for m, _ in before) + 1
+    assert list(tmp_path.iterdir()) == [] or all(p.name.startswith("radfm-upload") for p in tmp_path.iterdir())
+    no_pacs = create_app(ServeSettings(api_keys=(key,), tmp_dir=tmp_path, routers=("segmentation",)), backend=None)
+    with TestClient(no_pacs) as client:
+        r = client.post("/v1/pacs/segment", headers=auth, json={"study_uid": stored_study, "points": [[1, 1, 1]]})
+        assert r.status_code == 400 and "--dicomweb-url" in r.text
