@@ -37,13 +37,15 @@ def _round(value: float | None) -> float | None:
 
 
 def result_payload(result: Any, volume: Any, *, return_mask: str = "nifti", structure: str | None = None,
-                   ) -> dict[str, Any]:
+                   deidentify: bool = False) -> dict[str, Any]:
     """Summary of ``result`` (a ``SegResult`` on ``volume``'s canonical grid) plus the encoded mask.
 
     Keys: ``empty``, ``score``, ``expected_dice``, ``stability``, ``low_confidence``, ``grid_mm`` (the
     model grid that answered), ``voxels``,
     ``volume_ml``, ``bbox_voxel``, ``bbox_mm``, and ``mask_nifti_gz_b64`` (gzip NIfTI, base64) or
     ``dicom_seg_b64`` (``None`` for an empty mask: a SEG with no segment is not valid DICOM).
+    ``deidentify``: the DICOM SEG goes through PS3.15 Annex E basic profile (as ``radfm segment
+    --deidentify``): no patient names, IDs, dates or private tags; UIDs replaced consistently.
     """
     from radfm.io import save_like
     from radfm.tasks.segmentation.files import mask_summary
@@ -69,6 +71,6 @@ def result_payload(result: Any, volume: Any, *, return_mask: str = "nifti", stru
             from radfm.tasks.segmentation.dicom_seg import write_dicom_seg
 
             seg = write_dicom_seg(mask, volume, Path(tmp) / "mask_seg.dcm",
-                                  segment_labels=[structure or "segmented object"])
+                                  segment_labels=[structure or "segmented object"], deidentify=deidentify)
             out["dicom_seg_b64"] = base64.b64encode(Path(seg).read_bytes()).decode("ascii")
     return out

@@ -19,6 +19,7 @@ field               meaning
 ``structure``       optional: a structure name the model knows ("liver") as an extra prompt
 ``modality``        optional: "CT" or "MR"
 ``return_mask``     optional: "nifti" (default), "dicom-seg" (DICOM series only) or "none"
+``deidentify``      optional: "true" → the DICOM SEG through PS3.15 Annex E basic profile
 ==================  ===========================================================================
 
 Response 200 (JSON): the ``radfm segment --json`` summary (``score``, ``expected_dice``,
@@ -120,6 +121,7 @@ def routes(state: Any) -> APIRouter:
         structure: str | None = Form(None),
         modality: str | None = Form(None),
         return_mask: str = Form("nifti"),
+        deidentify: bool = Form(False),
     ) -> dict[str, Any]:
         from radfm.io import load_volume
         from radfm.serve.uploads import discard_upload, save_upload_to_tmp
@@ -148,7 +150,8 @@ def routes(state: Any) -> APIRouter:
             predictor.set_volume(volume)
             p, lab, coords = merge_points(volume, pts, labels, pts_mm, labels_mm, bx is not None)
             result = predictor.predict(points=p, labels=lab, box=bx, coords=coords, class_name=structure)
-            summary = result_payload(result, volume, return_mask=return_mask, structure=structure)
+            summary = result_payload(result, volume, return_mask=return_mask, structure=structure,
+                                     deidentify=deidentify)
         finally:
             discard_upload(path)
         summary["prompts"] = {"points_voxel": [list(map(float, q)) for q in pts],

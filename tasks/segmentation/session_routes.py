@@ -18,7 +18,7 @@ needs more than the server's session memory cap.
 
     {"points": [[i, j, k], ...], "labels": [1, 0, ...], "coords": "voxel" | "world",
      "box": [i0, j0, k0, i1, j1, k1], "use_previous_mask": true, "structure": "liver",
-     "return_mask": "nifti" | "dicom-seg" | "none"}
+     "return_mask": "nifti" | "dicom-seg" | "none", "deidentify": false}
 
 ``points`` / ``box``: native voxel indices of the uploaded file as stored (``coords="voxel"``, the
 default) or world RAS+ mm (``coords="world"``); ``labels`` 1 = foreground (default) / 0 =
@@ -73,6 +73,7 @@ class SessionPrompt(BaseModel):
     use_previous_mask: bool = True
     structure: str | None = None
     return_mask: Literal["nifti", "dicom-seg", "none"] = "nifti"
+    deidentify: bool = False
 
 
 def parse_prompt(body: Any) -> SessionPrompt:
@@ -152,7 +153,8 @@ def session_router(state: Any) -> APIRouter:
             result = session.predictor.predict(points=prompt.points or None, labels=prompt.labels, box=prompt.box,
                                                mask_input=previous, coords=prompt.coords,
                                                class_name=prompt.structure)
-            out = result_payload(result, session.volume, return_mask=prompt.return_mask, structure=prompt.structure)
+            out = result_payload(result, session.volume, return_mask=prompt.return_mask, structure=prompt.structure,
+                                 deidentify=prompt.deidentify)
             session.previous = result
             session.clicks += 1
             click = session.clicks

@@ -195,12 +195,17 @@ def test_upload_routes_leak_no_canary(inputs, client, caplog, capfd) -> None:
                   json={"points": [[64, 64, 5]], "labels": [1]})
     answers.append(("session-click", r.status_code, r.content))
     post("report", "/v1/report", paths["series"], max_new_tokens="16", return_sr="true", deidentify="true")
+    post("segment-seg", "/v1/segment", paths["series"], points=POINT, return_mask="dicom-seg", deidentify="true")
+    r = http.post(f"/v1/sessions/{session.get('session_id')}/segment", headers=AUTH,
+                  json={"points": [[64, 64, 5]], "return_mask": "dicom-seg", "deidentify": True})
+    answers.append(("session-seg", r.status_code, r.content))
     for b in BROKEN:
         post(f"segment-{b}", "/v1/segment", paths[b], points=POINT)
         post(f"session-{b}", "/v1/sessions", paths[b])
         post(f"report-{b}", "/v1/report", paths[b], max_new_tokens="16")
     status = {name: code for name, code, _ in answers}
-    assert all(status[n] == 200 for n in ("segment", "segment-file", "session", "session-click", "report")), status
+    assert all(status[n] == 200 for n in ("segment", "segment-file", "session", "session-click", "report",
+                                          "segment-seg", "session-seg")), status
     assert all(400 <= code < 500 for name, code, _ in answers if name.split("-", 1)[-1] in BROKEN), status
     leaks = {name: hits for name, _, body in answers if (hits := c.find(_decoded(body), dates=True))}
     assert leaks == {}
@@ -211,3 +216,7 @@ def test_upload_routes_leak_no_canary(inputs, client, caplog, capfd) -> None:
     assert c.find(logs, dates=True) == [] and c.find(printed.out + printed.err, dates=True) == []
     sr = pydicom.dcmread(io.BytesIO(base64.b64decode(json.loads(answers[4][2])["dicom_sr_b64"])))
     assert sr.PatientIdentityRemoved == "YES"
+    for name in ("segment-seg", "session-seg"):  # deidentify=true reaches the SEG of both routes
+        body = json.loads(next(b for n, _, b in answers if n == name))
+        seg = pydicom.dcmread(io.BytesIO(base64.b64decode(body["dicom_seg_b64"])))
+        assert seg.PatientIdentityRemoved == "YES", name
