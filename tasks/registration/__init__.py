@@ -14,7 +14,8 @@ from radfm._lazy import exports_by_module, lazy_getattr
 _EXPORTS = exports_by_module({
     "radfm.tasks.registration.api": ["RegResult", "register", "load_model", "default_model_dir"],
     "radfm.tasks.registration.propagate": ["propagate_labels"],
-    "radfm.tasks.registration.model": ["RadFMRegConfig", "RadFMRegistration", "save_registration"],
+    "radfm.tasks.registration.config": ["RadFMRegConfig"],
+    "radfm.tasks.registration.model": ["RadFMRegistration", "save_registration"],
     "radfm.tasks.registration.recipe": ["RegRecipe", "run_recipe"],
 })
 __all__ = sorted(_EXPORTS)
