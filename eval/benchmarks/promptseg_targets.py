@@ -12,6 +12,8 @@ from radfm.io.volume import Volume
 
 __all__ = ["Target", "load_targets", "shared_root"]
 
+_PR = "seg3d/pyradiomics"  # as REAL_CASES spells the pyradiomics images
+
 
 @dataclass
 class Target:
@@ -47,7 +49,7 @@ def load_targets(data: Path, quick: bool = False) -> list[Target]:
                   "thalamus (L)": 10, "brain stem": 16}
     for name, lid in list(structures.items())[: 1 if quick else None]:
         out.append(Target("brain MRI structure", name, brain, npz["seg"] == lid))
-    py = data / "seg3d" / "pyradiomics"
+    py = data / _PR
     # lung2 is held out; brain1 and lung1 are in the training split (REAL_CASES): shown apart, never averaged in.
     lesions = [("lung tumour 2 (CT)", "lung2", "CT"), ("brain tumour (MRI)", "brain1", "MR"),
                ("lung tumour 1 (CT)", "lung1", "CT")]
@@ -57,9 +59,6 @@ def load_targets(data: Path, quick: bool = False) -> list[Target]:
         held = _held_out(f"{_PR}/{stem}_image.nrrd")
         out.append(Target("lesion" if held else "lesion, training subject", name, img, lab, held_out=held))
     return out
-
-
-_PR = "seg3d/pyradiomics"
 
 
 def _held_out(image: str) -> bool:
