@@ -31,8 +31,9 @@ from radfm.adapters.spec import LoraSpec
 from radfm.errors import ConfigError, InputError
 from radfm.preprocess.plan import PreprocessPlan
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_META_FILENAME", "ADAPTER_WEIGHTS", "load_adapters", "load_encoder_adapter",
-           "read_adapter_meta", "save_adapter", "save_encoder_adapter"]
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_META_FILENAME", "ADAPTER_WEIGHTS", "adapter_record", "load_adapters",
+           "load_encoder_adapter", "read_adapter_meta", "save_adapter", "save_encoder_adapter", "write_adapter_record",
+           "write_peft_files"]
 
 ADAPTER_META_FILENAME = "radfm_adapter.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -40,7 +41,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 # ----------------------------------------------------------------------------- save
-def _write_peft_files(peft_model: Any, name: str, directory: str | Path) -> Path:
+def write_peft_files(peft_model: Any, name: str, directory: str | Path) -> Path:
     """Write adapter ``name``'s weights and peft config (inference mode) into ``directory`` (created)."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -56,9 +57,49 @@ def _write_peft_files(peft_model: Any, name: str, directory: str | Path) -> Path
     return out
 
 
-def _write_record(out: Path, record: Mapping[str, Any]) -> None:
-    """Write ``radfm_adapter.json``."""
-    (out / ADAPTER_META_FILENAME).write_text(json.dumps(record, indent=2, default=str) + "\n")
+def adapter_record(
+    *,
+    task: str,
+    name: str,
+    encoder: nn.Module,
+    base_encoder_path: str | Path | None,
+    lora: Mapping[str, Any] | None,
+    modules_to_save: list[str] | None,
+    label_names: Mapping[int, str] | None = None,
+    head: Mapping[str, Any] | None = None,
+    note: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one ``radfm_adapter.json`` layout, for every kind of adapted-model folder.
+
+    Why one builder: LoRA adapters, encoder-only adapters and fully fine-tuned folders are all read
+    by :func:`read_adapter_meta` and checked by the one base-encoder SHA-256; hand-written records
+    drifted apart. ``encoder`` is the base encoder (or a model holding it) whose SHA-256 is recorded.
+    """
+    enc = encoder_of(encoder)
+    record: dict[str, Any] = {"format": "radfm-adapter", "version": 1, "task": task, "name": name}
+    if head is not None:
+        record["num_classes"] = int(head["num_classes"])
+    if label_names is not None:
+        record["label_names"] = {str(k): str(v) for k, v in sorted(label_names.items())}
+    if head is not None:
+        record["head"] = dict(head)
+    record["lora"] = dict(lora) if lora is not None else None
+    record["modules_to_save"] = modules_to_save
+    record["base_encoder"] = {"path": str(base_encoder_path) if base_encoder_path else None,
+                              "sha256": encoder_sha256(enc), "config": enc.config.to_diff_dict(),
+                              **({"note": note} if note else {})}
+    if extra:
+        record["extra"] = dict(extra)
+    return record
+
+
+def write_adapter_record(out: str | Path, record: Mapping[str, Any]) -> Path:
+    """Write ``radfm_adapter.json`` into ``out`` (created); returns the file."""
+    path = Path(out) / ADAPTER_META_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return path
 
 
 def save_adapter(
@@ -83,7 +124,7 @@ def save_adapter(
     """
     peft_model = require_peft(peft_model)
     require_adapter(peft_model, name)
-    out = _write_peft_files(peft_model, name, directory)
+    out = write_peft_files(peft_model, name, directory)
     if plan is not None:
         plan.save(out)
 
@@ -95,21 +136,10 @@ def save_adapter(
         raise ConfigError(f"{len(meta['label_names'])} label names for a head of {meta['head']['num_classes']} classes.",
                           "Give one name per class, background (0) included.")
     path = base_encoder_path if base_encoder_path is not None else (base.encoder.name_or_path or None)
-    record = {
-        "format": "radfm-adapter",
-        "version": 1,
-        "task": task,
-        "name": name,
-        "num_classes": meta["head"]["num_classes"],
-        "label_names": {str(k): v for k, v in sorted(meta["label_names"].items())},
-        "head": meta["head"],
-        "lora": meta["lora"],
-        "modules_to_save": meta["modules_to_save"],
-        "base_encoder": {"path": str(path) if path else None, "sha256": encoder_sha256(base),
-                         "config": base.config.encoder_config.to_diff_dict()},
-        **({"extra": dict(extra)} if extra else {}),
-    }
-    _write_record(out, record)
+    record = adapter_record(task=task, name=name, encoder=base, base_encoder_path=path, lora=meta["lora"],
+                            modules_to_save=meta["modules_to_save"], label_names=meta["label_names"],
+                            head=meta["head"], extra=extra)
+    write_adapter_record(out, record)
     registry(peft_model).meta[name] = {**meta, "record": record}
     return out
 
@@ -125,14 +155,11 @@ def save_encoder_adapter(
     """Write the encoder's LoRA factors of ``adapter_name`` apart (peft layout + ``radfm_adapter.json``)."""
     peft_model = require_peft(peft_model)
     require_adapter(peft_model, adapter_name)
-    out = _write_peft_files(peft_model, adapter_name, directory)
-    encoder = encoder_of(peft_model)
+    out = write_peft_files(peft_model, adapter_name, directory)
     meta = adapter_meta(peft_model, adapter_name)
-    record = {"format": "radfm-adapter", "version": 1, "task": task, "name": adapter_name,
-              "lora": meta.get("lora", {}), "modules_to_save": [],
-              "base_encoder": {"path": str(base_encoder) if base_encoder else None,
-                               "sha256": encoder_sha256(encoder), "config": encoder.config.to_diff_dict()}}
-    _write_record(out, record)
+    write_adapter_record(out, adapter_record(task=task, name=adapter_name, encoder=peft_model,
+                                             base_encoder_path=base_encoder, lora=meta.get("lora", {}),
+                                             modules_to_save=[]))
     return out
 
 

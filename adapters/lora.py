@@ -11,6 +11,7 @@ each with one job:
 - :mod:`radfm.adapters.base_encoder`: the encoder's SHA-256 and the one check that refuses an
   adapter on another encoder;
 - :mod:`radfm.adapters.merging`: folding adapters into plain layers (export, peft-free inference);
+- :mod:`radfm.adapters.llm`: LoRA on the report LLM (CAUSAL_LM layout, saved apart, merged for export);
 - :mod:`radfm.adapters.count`: trainable-parameter counts;
 - :mod:`radfm.adapters.registry`: radfm's facts about the adapters of a PeftModel.
 
@@ -29,12 +30,15 @@ from radfm.adapters.io import (
     ADAPTER_CONFIG,
     ADAPTER_META_FILENAME,
     ADAPTER_WEIGHTS,
+    adapter_record,
     load_adapters,
     load_encoder_adapter,
     read_adapter_meta,
     save_adapter,
     save_encoder_adapter,
+    write_adapter_record,
 )
+from radfm.adapters.llm import attach_llm_lora, merge_llm_lora, save_llm_adapter
 from radfm.adapters.merging import merge, merge_injected_lora
 from radfm.adapters.registry import adapter_meta
 from radfm.adapters.spec import DEFAULT_TARGETS, PYRAMID_TARGETS, LoraSpec, cnn_lora_targets, resolve_spec
@@ -48,8 +52,10 @@ __all__ = [
     "HeadedTaskModel",
     "LoraSpec",
     "adapter_meta",
+    "adapter_record",
     "add_adapter",
     "attach_encoder_lora",
+    "attach_llm_lora",
     "attach_lora",
     "cnn_lora_targets",
     "encoder_sha256",
@@ -58,10 +64,13 @@ __all__ = [
     "load_encoder_adapter",
     "merge",
     "merge_injected_lora",
+    "merge_llm_lora",
     "read_adapter_meta",
     "resolve_spec",
     "save_adapter",
     "save_encoder_adapter",
+    "save_llm_adapter",
     "trainable_parameters",
     "use_adapter",
+    "write_adapter_record",
 ]

@@ -84,8 +84,11 @@ class LoraSpec:
             names.extend(PYRAMID_TARGETS)
         return names
 
-    def to_peft_config(self, modules_to_save: Sequence[str] = ("head",)) -> Any:
-        """A peft ``LoraConfig``; no targets → peft's dummy target (only ``modules_to_save`` train)."""
+    def to_peft_config(self, modules_to_save: Sequence[str] = ("head",), *, task_type: str | None = None) -> Any:
+        """A peft ``LoraConfig``; no targets → peft's dummy target (only ``modules_to_save`` train).
+
+        ``task_type``: peft's (``"CAUSAL_LM"`` for an LLM, so the saved config is what vLLM expects).
+        """
         from peft import LoraConfig
         from peft.utils.constants import DUMMY_TARGET_MODULES
 
@@ -97,6 +100,7 @@ class LoraSpec:
             target_modules=targets if targets else DUMMY_TARGET_MODULES,
             modules_to_save=list(modules_to_save) or None,
             bias="none",
+            task_type=task_type,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 import radfm  # noqa: F401  (torchvision shim before transformers/peft)
-from radfm.adapters.lora import (
+from radfm.adapters.io import (
     ADAPTER_META_FILENAME,
-    encoder_sha256,
+    adapter_record,
     load_adapters,
     read_adapter_meta,
     save_adapter,
+    write_adapter_record,
 )
 from radfm.errors import ConfigError, InputError
 from radfm.models.encoder import RadFMEncoder
@@ -141,13 +142,8 @@ def save_adapted(model: nn.Module, strategy: str, out: Path, *, plan: Preprocess
         model.save_pretrained(str(out))
     plan.save(out)
     cfg = model.config
-    record = {
-        "format": "radfm-adapter", "version": 1, "task": task, "name": "task",
-        "num_classes": int(cfg.num_classes), "label_names": {str(k): v for k, v in classes.items()},
-        "head": {k: int(getattr(cfg, k)) for k in ("num_classes", "head_channels", "fuse_channels", "skip_channels")},
-        "lora": None, "modules_to_save": None,
-        "base_encoder": {"path": str(enc_dir.resolve()), "sha256": encoder_sha256(encoder_model),
-                         "note": "fully fine-tuned: the encoder weights are in model.safetensors here"},
-        "extra": extra,
-    }
-    (out / ADAPTER_META_FILENAME).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    head = {k: int(getattr(cfg, k)) for k in ("num_classes", "head_channels", "fuse_channels", "skip_channels")}
+    write_adapter_record(out, adapter_record(
+        task=task, name="task", encoder=encoder_model, base_encoder_path=enc_dir.resolve(), lora=None,
+        modules_to_save=None, label_names=classes, head=head, extra=extra,
+        note="fully fine-tuned: the encoder weights are in model.safetensors here"))

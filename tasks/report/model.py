@@ -205,7 +205,9 @@ def _save(rm: ReportModel, out_dir: str | Path, *, encoder_ref: str | None = Non
         state = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
         extra["encoder"] = {"source": STARTER_REF, "sha256": _starter_sha256()}
         if hasattr(model.encoder, "peft_config"):  # the task's LoRA on the shared encoder, saved apart
-            model.encoder.save_pretrained(out / ENCODER_LORA_SUBDIR)
+            from radfm.adapters import save_encoder_adapter
+
+            save_encoder_adapter(model.encoder, out / ENCODER_LORA_SUBDIR, task="report", base_encoder=STARTER_REF)
             extra["encoder"]["lora"] = ENCODER_LORA_SUBDIR
         _save_composite(model, out, state)
     else:
@@ -291,10 +293,10 @@ def _load_with_starter_encoder(p: Path, enc_meta: dict[str, Any], dtype: torch.d
                           "Retrain the report model (radfm train report --phantoms N) for this encoder.")
     config = RadFMConfig.from_pretrained(str(p))
     encoder = load_starter_encoder()
-    if enc_meta.get("lora"):
-        from peft import PeftModel
+    if enc_meta.get("lora"):  # SHA-256 of the encoder checked against the adapter's record, then merged
+        from radfm.adapters import load_encoder_adapter
 
-        encoder = PeftModel.from_pretrained(encoder, str(p / enc_meta["lora"])).merge_and_unload()
+        encoder = load_encoder_adapter(encoder, p / enc_meta["lora"])
     model = RadFMForReportGeneration(config, encoder=encoder)
     state = load_file(str(p / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -245,21 +245,20 @@ def _vlm_step_factory(cache: VolumeFeatureCache | None, modality_ids: Sequence[i
 
 
 def add_encoder_lora(vlm: nn.Module, settings: LoraSettings | None = None) -> nn.Module:
-    """Wrap ``vlm.encoder`` with peft LoRA (the per-task adaptation of the shared encoder); returns it.
+    """Wrap ``vlm.encoder`` with LoRA through ``radfm.adapters`` (the per-task adaptation of the shared encoder).
 
-    Only the LoRA weights train; the encoder's own weights stay those of the shared checkpoint,
-    so the adapter can be saved apart (``vlm.encoder.save_pretrained(dir)``) and applied to it.
+    Only the LoRA weights train; the encoder's own weights stay those of the shared checkpoint, so
+    the adapter is saved apart (``radfm.adapters.save_encoder_adapter``, SHA-256 of the encoder
+    recorded) and applied to it at load. Returns the wrapped encoder.
     """
-    from peft import get_peft_model
-
-    from radfm.adapters.lora import DEFAULT_TARGETS, LoraSpec
+    from radfm.adapters import LoraSpec, attach_encoder_lora
+    from radfm.adapters.spec import DEFAULT_TARGETS
 
     s = settings or LoraSettings(r=8, alpha=16)
     names = {n for n, _ in vlm.encoder.named_modules()}
     targets = [t for t in s.target_modules if any(n == t or n.endswith("." + t) for n in names)]
     spec = LoraSpec(r=s.r, alpha=float(s.alpha), dropout=s.dropout, targets=tuple(targets or DEFAULT_TARGETS))
-    cfg = spec.to_peft_config(modules_to_save=())
-    vlm.encoder = get_peft_model(vlm.encoder, cfg)
+    vlm.encoder = attach_encoder_lora(vlm.encoder, spec)
     return vlm.encoder
 
 
@@ -296,27 +295,20 @@ def train_bridge(vlm: nn.Module, examples: Sequence[TrainExample], volumes: Sequ
 
 
 def add_lora(vlm: nn.Module, settings: LoraSettings | None = None) -> nn.Module:
-    """Wrap ``vlm.language_model`` with peft LoRA adapters (in place); returns the peft model."""
-    from peft import LoraConfig, get_peft_model
+    """Wrap ``vlm.language_model`` with LoRA through ``radfm.adapters`` (in place); returns the peft model."""
+    from radfm.adapters import LoraSpec, attach_llm_lora
 
     s = settings or LoraSettings()
-    lm = vlm.language_model
-    names = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
-    targets = [t for t in s.target_modules if t in names]
-    if not targets:
-        raise ConfigError(f"none of the LoRA targets {s.target_modules} exists in this LLM.",
-                          "Set lora.target_modules to the LLM's linear layer names.")
-    cfg = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=targets,
-                     task_type="CAUSAL_LM")
-    vlm.language_model = get_peft_model(lm, cfg)
+    spec = LoraSpec(r=s.r, alpha=float(s.alpha), dropout=s.dropout, targets=tuple(s.target_modules))
+    vlm.language_model = attach_llm_lora(vlm.language_model, spec)
     return vlm.language_model
 
 
 def merge_lora(vlm: nn.Module) -> nn.Module:
-    """Merge the LLM's LoRA adapters into its weights (for a single-file export); returns ``vlm``."""
-    lm = vlm.language_model
-    if hasattr(lm, "merge_and_unload"):
-        vlm.language_model = lm.merge_and_unload()
+    """Merge the LLM's LoRA adapters into its weights (export: one self-contained folder); returns ``vlm``."""
+    from radfm.adapters import merge_llm_lora
+
+    vlm.language_model = merge_llm_lora(vlm.language_model)
     return vlm
 
 
@@ -327,7 +319,7 @@ def train_lora(vlm: nn.Module, examples: Sequence[TrainExample], volumes: Sequen
     """Stage 2 (instruction tuning): LoRA on the LLM + the bridge (+ the encoder) learn together.
 
     Leaves the adapters unmerged on ``vlm.language_model`` (save them apart with
-    ``vlm.language_model.save_pretrained(dir)``, or call :func:`merge_lora`).
+    ``radfm.adapters.save_llm_adapter``, or call :func:`merge_lora`).
     """
     freeze(vlm)
     if not hasattr(vlm.language_model, "peft_config"):

@@ -18,7 +18,7 @@ LORA_NAMES = ["ADAPTER_CONFIG", "ADAPTER_META_FILENAME", "ADAPTER_WEIGHTS", "DEF
               "HeadedTaskModel", "LoraSpec", "adapter_meta", "add_adapter", "attach_encoder_lora", "attach_lora",
               "cnn_lora_targets", "encoder_sha256", "inject_encoder_lora", "load_adapters", "load_encoder_adapter",
               "merge", "merge_injected_lora", "read_adapter_meta", "resolve_spec", "save_adapter",
-              "save_encoder_adapter", "trainable_parameters", "use_adapter"]
+              "save_encoder_adapter", "trainable_parameters", "use_adapter", "adapter_record", "write_adapter_record"]
 
 
 def test_lora_keeps_every_name() -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import radfm  # noqa: F401  (torchvision shim before peft)
+from radfm.adapters import read_adapter_meta
 from radfm.data.phantom import make_phantom
 from radfm.errors import ConfigError, InputError
 from radfm.models import RadFMEncoder, RadFMEncoderConfig
@@ -110,6 +111,11 @@ def test_linear_and_full_strategies_write_loadable_dirs(encoder_dir, phantoms, t
         assert names == {0: "background", 1: "liver"}
         assert predict_volume(model, plan, phantoms[1].image).shape == SHAPE
     assert not [p for p in tmp_path.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    # one record layout (radfm.adapters.adapter_record) for both kinds, naming the same base encoder
+    lin_rec, full_rec = (read_adapter_meta(tmp_path / d) for d in ("lin", "full"))
+    assert set(lin_rec) == set(full_rec)
+    assert lin_rec["base_encoder"]["sha256"] == full_rec["base_encoder"]["sha256"]
+    assert full_rec["lora"] is None and "fully fine-tuned" in full_rec["base_encoder"]["note"]
 
 
 def test_adapt_on_a_cnn_encoder(phantoms, tmp_path) -> None:

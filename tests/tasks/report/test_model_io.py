@@ -57,6 +57,14 @@ def test_model_on_the_starter_encoder_with_encoder_lora_round_trips(starter, tok
     with torch.no_grad():
         after = back.model(ids, pixel_values=x, modality_ids=torch.tensor([0])).logits
     torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    # saved through radfm.adapters: the record names the encoder's SHA-256, and a mismatch is refused
+    record_file = out / "encoder_lora" / "radfm_adapter.json"
+    record = json.loads(record_file.read_text())
+    assert record["task"] == "report" and len(record["base_encoder"]["sha256"]) == 64
+    record["base_encoder"]["sha256"] = "0" * 64
+    record_file.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="trained on encoder"):
+        load_report_model(out)
 
     meta["encoder"]["sha256"] = "0" * 64
     (out / "radfm_report.json").write_text(json.dumps(meta))

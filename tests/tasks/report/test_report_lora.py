@@ -1,8 +1,14 @@
-"""LoRA on the report LLM (peft): trainable parts, save apart, load back, merge."""
+"""LoRA on the report LLM (radfm.adapters over peft): trainable parts, save apart, load back, merge."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
+
+from radfm.adapters import LoraSpec, attach_llm_lora, save_llm_adapter
+from radfm.errors import ConfigError
 
 from radfm.tasks.report.model import load_report_model
 from radfm.tasks.report.train import LoraSettings, add_lora, merge_lora
@@ -23,9 +29,12 @@ def test_lora_adapter_saves_and_loads_with_identical_logits(tiny_vlm_dir, tmp_pa
     ids = torch.tensor([[rm.tokenizer.bos_token_id, 9, 10, 11]])
     with torch.no_grad():
         before = vlm(ids).logits
-    vlm.language_model.save_pretrained(tmp_path / "adapter")
-    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    save_llm_adapter(vlm.language_model, tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and config["r"] == 4  # the layout vLLM / PeftModel read
+    record = json.loads((tmp_path / "adapter" / "radfm_adapter.json").read_text())
+    assert record["task"] == "report" and record["lora"]["r"] == 4 and "base_llm" in record
 
     fresh = load_report_model(tiny_vlm_dir).model
     with torch.no_grad():
@@ -36,3 +45,9 @@ def test_lora_adapter_saves_and_loads_with_identical_logits(tiny_vlm_dir, tmp_pa
         merge_lora(fresh)
         torch.testing.assert_close(fresh(ids).logits, before, atol=1e-5, rtol=1e-5)
     assert not hasattr(fresh.language_model, "peft_config")
+
+
+def test_llm_lora_refuses_targets_the_llm_does_not_have(tiny_vlm_dir) -> None:
+    lm = load_report_model(tiny_vlm_dir).model.language_model
+    with pytest.raises(ConfigError, match="none of the LoRA targets"):
+        attach_llm_lora(lm, LoraSpec(r=2, targets=("c_attn", "c_fc")))
