@@ -65,6 +65,9 @@ class ServeSettings:
             (503 with ``Retry-After`` past it), longest wait; ``/health`` is never queued.
         dicomweb_url: the PACS (DICOMweb root) that ``POST /v1/pacs/segment`` reads from and
             stores DICOM SEG objects into; None: that route answers 400.
+        task_adapters: ``(name, folder)`` of the task adapters served on one shared encoder
+            (``radfm serve --task-adapter NAME=DIR``, ``/v1/adapters``); adapters over the same
+            base encoder share one copy of it and are switched per request.
     """
 
     api_keys: tuple[str, ...] = field(repr=False, default=())
@@ -84,6 +87,7 @@ class ServeSettings:
     queue_timeout_s: float = 300.0
     retry_after_s: int = 5
     dicomweb_url: str | None = None
+    task_adapters: tuple[tuple[str, Path], ...] = ()
 
     @property
     def admission_limits(self) -> AdmissionLimits:

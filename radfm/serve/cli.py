@@ -169,7 +169,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_active=int(_setting(args.max_active, "RADFM_MAX_ACTIVE", 4)),
                              max_queue=int(_setting(args.max_queue, "RADFM_MAX_QUEUE", 64)),
                              queue_timeout_s=_setting(args.queue_timeout_s, "RADFM_QUEUE_TIMEOUT_S", 300.0),
-                             dicomweb_url=args.dicomweb_url or os.environ.get("RADFM_DICOMWEB_URL") or None)
+                             dicomweb_url=args.dicomweb_url or os.environ.get("RADFM_DICOMWEB_URL") or None,
+                             task_adapters=tuple(_name_dir(args.task_adapter, "--task-adapter").items()))
     handle = build_backend(args.engine, model_dir=args.model, llm_dir=args.llm,
                            adapters=_name_dir(args.adapter, "--adapter"), vllm_url=args.vllm_url,
                            vllm_model=args.vllm_model, vllm_python=args.vllm_python,
@@ -219,6 +220,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", metavar="DIR", help="report model folder (served as model 'report')")
     p.add_argument("--llm", metavar="DIR", help="causal LM folder for the engine (default: found inside --model)")
     p.add_argument("--adapter", action="append", metavar="NAME=DIR", help="LoRA adapter of the LLM (repeatable)")
+    p.add_argument("--task-adapter", action="append", metavar="NAME=DIR",
+                   help="a `radfm adapt` folder served at /v1/adapters/NAME/segment (repeatable); adapters "
+                        "over the same encoder share one copy of it")
     p.add_argument("--model-dir", action="append", metavar="NAME=DIR",
                    help="another task's model folder, e.g. segmentation=DIR (repeatable)")
     p.add_argument("--vllm-url", metavar="URL", help="use this running vLLM server instead of starting one")

@@ -5,7 +5,8 @@ encoder), ``data`` (collect labelled cases, label ids → classes, the input pla
 grid), ``strategy`` (linear / lora / full / auto by K, and the model each builds), ``train`` (the
 loop: patches, augmentation, Dice + CE, schedule), ``inference`` (sliding windows, labels back on
 the input's grid, the ``radfm.segmenters`` entry), ``checkpoint`` (encoder in, adapter folder out
-and back), ``api`` (``adapt``) and ``cli`` (``radfm adapt``). LoRA itself lives in
+and back), ``api`` (``adapt``), ``cli`` (``radfm adapt``), ``pool`` (many adapters on one encoder,
+switched per request) and ``routes`` (``/v1/adapters``). LoRA itself lives in
 ``radfm.adapters``. Names are imported lazily so ``radfm --help`` does not load torch.
 """
 
@@ -20,6 +21,7 @@ _EXPORTS = exports_by_module({
     "radfm.tasks.dense_segmentation.strategy": ["choose_strategy", "build_model"],
     "radfm.tasks.dense_segmentation.checkpoint": ["load_adapted", "load_encoder"],
     "radfm.tasks.dense_segmentation.inference": ["predict_volume", "segment_volume"],
+    "radfm.tasks.dense_segmentation.pool": ["AdapterPool"],
 })
 __all__ = sorted(_EXPORTS)
 

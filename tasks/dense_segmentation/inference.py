@@ -24,7 +24,7 @@ from radfm.preprocess.plan import PreprocessPlan, apply_plan, restore_to_input
 from radfm.tasks.dense_segmentation.data import modality_id_of
 from radfm.tasks.dense_segmentation.model import autocast, forward_logits
 
-__all__ = ["predict_volume", "segment_volume", "sliding_window_logits"]
+__all__ = ["predict_volume", "segment_volume", "select_structure", "sliding_window_logits"]
 
 
 @torch.no_grad()
@@ -88,11 +88,21 @@ def segment_volume(volume: Volume, adapter_dir: str | Path, structure: str | Non
 
     model, plan, names = load_adapted(adapter_dir)
     labels = predict_volume(model, plan, volume, bf16=dtype == "bf16")
+    return select_structure(labels, names, structure, where=f"the adapter {adapter_dir}")
+
+
+def select_structure(labels: np.ndarray, names: dict[int, str], structure: str | None, *,
+                     where: str) -> tuple[np.ndarray, str]:
+    """``(mask, label)`` of one class of a label map (``None``: all foreground, names joined by ", ").
+
+    ``structure`` matches a class name case-insensitively, with "_" and " " alike; an unknown name
+    is an InputError listing the known ones (``where`` says whose).
+    """
     fg = {k: v for k, v in names.items() if k > 0}
     if structure is None:
         return (labels > 0).astype(np.uint8), ", ".join(fg.values())
     match = [k for k, v in fg.items() if v.lower().replace("_", " ") == structure.lower().replace("_", " ")]
     if not match:
-        raise InputError(f"unknown structure name {structure!r} for the adapter {adapter_dir}.",
+        raise InputError(f"unknown structure name {structure!r} for {where}.",
                          f"Known names: {', '.join(fg.values())}.")
     return (labels == match[0]).astype(np.uint8), fg[match[0]]
