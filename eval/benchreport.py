@@ -35,6 +35,7 @@ __all__ = [
     "machine_info",
     "machine_line",
     "markdown_table",
+    "publish",
     "timed",
     "write_section",
 ]
@@ -335,3 +336,19 @@ def write_section(md_path: Path, name: str, *, title: str, command: str,
         _atomic_write(json_path, json.dumps(_clean(payload), indent=2, default=_json_default) + "\n")
         _atomic_write(md_path, new)
     return json_path
+
+
+def publish(args: argparse.Namespace, name: str, *, title: str, command: str, rows: Sequence[dict[str, Any]],
+            notes: str, results: dict[str, Any]) -> dict[str, Any]:
+    """The usual end of a benchmark: its section written (unless ``--no-write``), rows and notes printed.
+
+    ``args`` carries the :func:`add_output_args` options. Returns ``results``.
+    """
+    if not args.no_write:
+        md = args.out if args.out is not None else default_md_path()
+        write_section(md, name, title=title, command=command, table=rows, notes=notes, json_path=args.json_path,
+                      machine=machine_info(), results=results)
+    for row in rows:
+        print(row)
+    print(notes)
+    return results

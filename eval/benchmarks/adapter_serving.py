@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from radfm.argtypes import positive_int
-from radfm.eval.benchreport import add_output_args, default_md_path, machine_info, write_section
+from radfm.eval.benchreport import add_output_args, publish
 
 NAME = "adapter-serving"
 TITLE = "Task adapters on one shared encoder vs one model per task (serve memory)"
@@ -157,14 +157,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
              f"{'identical' if same else 'DIFFERENT'} between the two ways.")
     command = shlex.join(["radfm", "bench", NAME, *argv])
     results = {"name": NAME, "command": command, "rows": rows, "raw": found, "identical": same}
-    if not args.no_write:
-        md = args.out if args.out is not None else default_md_path()
-        write_section(md, NAME, title=TITLE, command=command, table=rows, notes=notes, json_path=args.json_path,
-                      machine=machine_info(), results=results)
-    for row in rows:
-        print(row)
-    print(notes)
-    return results
+    return publish(args, NAME, title=TITLE, command=command, rows=rows, notes=notes, results=results)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from radfm.argtypes import non_negative_int, positive_int
-from radfm.eval.benchreport import add_output_args, default_md_path, machine_info, write_section
+from radfm.eval.benchreport import add_output_args, publish
 
 NAME = "serve-load"
 TITLE = "Service under load: concurrent /health on radfm serve (admission control)"
@@ -163,11 +163,4 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
              + f"; peak VmHWM {max(v['VmHWM'] for v in mem.values()):.1f} MiB.")
     command = shlex.join(["radfm", "bench", NAME, *argv])
     results = {"name": NAME, "command": command, "rows": rows, "memory_mib": mem, "start_s": start_s}
-    if not args.no_write:
-        md = args.out if args.out is not None else default_md_path()
-        write_section(md, NAME, title=TITLE, command=command, table=rows, notes=notes, json_path=args.json_path,
-                      machine=machine_info(), results=results)
-    for row in rows:
-        print(row)
-    print(notes)
-    return results
+    return publish(args, NAME, title=TITLE, command=command, rows=rows, notes=notes, results=results)

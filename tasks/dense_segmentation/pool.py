@@ -24,7 +24,13 @@ from radfm.errors import ConfigError, InputError
 from radfm.io.volume import Volume
 from radfm.preprocess.plan import PreprocessPlan
 
-__all__ = ["AdapterPool", "PooledAdapter"]
+__all__ = ["AdapterPool", "PooledAdapter", "UnknownAdapterError"]
+
+
+class UnknownAdapterError(InputError):
+    """A request named an adapter this server does not hold (HTTP 404)."""
+
+    http_status = 404
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,9 @@ class AdapterPool:
 
     def get(self, name: str) -> PooledAdapter:
         if name not in self._entries:
-            err = InputError(f"no adapter named {name!r} on this server.",
-                             f"Served adapters: {', '.join(self._entries) or 'none'} (radfm serve --task-adapter NAME=DIR).")
-            err.http_status = 404  # type: ignore[attr-defined]
-            raise err
+            raise UnknownAdapterError(f"no adapter named {name!r} on this server.",
+                                      f"Served adapters: {', '.join(self._entries) or 'none'} "
+                                      "(radfm serve --task-adapter NAME=DIR).")
         return self._entries[name]
 
     def predict(self, name: str, volume: Volume, *, bf16: bool = False) -> np.ndarray:
