@@ -43,6 +43,7 @@ from radfm.models.cnn import ConvNormAct
 from radfm.models.encoder import RadFMEncoder
 from radfm.models.encoder_config import RadFMEncoderConfig
 from radfm.models.encoder_input import random_keep_indices
+from radfm.models.init_weights import init_standard_layer
 from radfm.models.pos_embed import sincos_pos_embed_3d
 from radfm.models.vit_blocks import Block
 
@@ -327,18 +328,9 @@ class RadFMForMaskedVolumeModeling(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """MAE initialisation of the decoder (the encoder initialises itself as a sub-model)."""
-        if isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.InstanceNorm3d)) and module.weight is not None:
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)) and self.config.encoder_config.architecture == "cnn":
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, MAEDecoder):
+        if init_standard_layer(module, convs=self.config.encoder_config.architecture == "cnn"):
+            return
+        if isinstance(module, MAEDecoder):
             init.normal_(module.mask_token, std=0.02)
 
     @property

@@ -286,12 +286,24 @@ def train_bridge(vlm: nn.Module, examples: Sequence[TrainExample], volumes: Sequ
     ``features``: tokens already cached for these volumes (shared between stages).
     """
     freeze(vlm)
+    return _fit_vlm(vlm, examples, volumes, cfg, pad_id=pad_id, train_encoder=train_encoder,
+                    modality_ids=modality_ids, progress=progress, features_bf16=features_bf16, features=features,
+                    desc="stage 1: bridge")
+
+
+def _fit_vlm(vlm: nn.Module, examples: Sequence[TrainExample], volumes: Sequence[torch.Tensor], cfg: OptimConfig, *,
+             pad_id: int, train_encoder: bool, modality_ids: Sequence[int] | None, progress: bool,
+             features_bf16: bool, features: VolumeFeatureCache | None, desc: str) -> list[float]:
+    """The bridge (and the encoder's LoRA or weights when they train) on top of what the stage unfroze.
+
+    Encoder tokens are cached once when the encoder does not change (shared between stages).
+    """
     freeze(vlm.bridge, False)
     moving = _encoder_trainable(vlm, train_encoder)
     cache = None if moving else features or VolumeFeatureCache(vlm.encoder, volumes, modality_ids,
                                                                 cfg.bf16 or features_bf16)
     return fit(vlm, examples, cfg, _vlm_step_factory(cache, modality_ids), pad_id=pad_id, volumes=volumes,
-               progress=progress, desc="stage 1: bridge")
+               progress=progress, desc=desc)
 
 
 def add_lora(vlm: nn.Module, settings: LoraSettings | None = None) -> nn.Module:
@@ -327,9 +339,6 @@ def train_lora(vlm: nn.Module, examples: Sequence[TrainExample], volumes: Sequen
     else:
         for n, p in vlm.language_model.named_parameters():
             p.requires_grad_("lora_" in n)
-    freeze(vlm.bridge, False)
-    moving = _encoder_trainable(vlm, train_encoder)
-    cache = None if moving else features or VolumeFeatureCache(vlm.encoder, volumes, modality_ids,
-                                                                cfg.bf16 or features_bf16)
-    return fit(vlm, examples, cfg, _vlm_step_factory(cache, modality_ids), pad_id=pad_id, volumes=volumes,
-               progress=progress, desc="stage 2: LoRA + bridge")
+    return _fit_vlm(vlm, examples, volumes, cfg, pad_id=pad_id, train_encoder=train_encoder,
+                    modality_ids=modality_ids, progress=progress, features_bf16=features_bf16, features=features,
+                    desc="stage 2: LoRA + bridge")

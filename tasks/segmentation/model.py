@@ -39,6 +39,7 @@ from radfm.errors import ConfigError, InputError
 from radfm.models.cnn import ConvNormAct, ResBlock3d
 from radfm.models.encoder import RadFMEncoder
 from radfm.models.encoder_config import RadFMEncoderConfig
+from radfm.models.init_weights import init_standard_layer
 from radfm.preprocess.plan import PLAN_FILENAME, PreprocessPlan
 from radfm.tasks.segmentation.prompts import NUM_PROMPT_MAPS, render_prompt_maps
 
@@ -219,18 +220,9 @@ class RadFMPromptSegmenter(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.InstanceNorm3d)) and module.weight is not None:
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
+        if init_standard_layer(module):
+            return
+        if isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=0.1)
 
     @property
