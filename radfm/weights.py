@@ -8,11 +8,13 @@ that do not say what is wrong with the folder. radfm loads safetensors only.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from radfm.errors import ConfigError
 
-__all__ = ["PICKLE_SUFFIXES", "require_model_files"]
+__all__ = ["PICKLE_SUFFIXES", "quiet_hub_progress", "require_model_files"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -48,3 +50,20 @@ def require_model_files(folder: str | Path, what: str, *, tokenizer: bool = True
     if tokenizer and not ((p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file()):
         raise _error(f"the {what} folder {p.name!r} has no tokenizer (tokenizer.json).", again)
     return p
+
+
+@contextlib.contextmanager
+def quiet_hub_progress() -> Iterator[None]:
+    """No transformers progress bars ("Loading weights", "Writing model shards") for small local files.
+
+    Why: radfm shows its own progress for long work; per-file bars of a few-MB checkpoint are noise.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

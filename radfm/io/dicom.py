@@ -24,7 +24,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from radfm.errors import InputError
+from radfm.errors import ConfigError, InputError
 from radfm.io.coords import LPS_TO_RAS
 from radfm.io.dicom_bounds import _dcmread, _guard, _pixels, _rescale
 from radfm.phi import ALLOWED_TAGS, safe_value
@@ -434,3 +434,13 @@ def source_datasets(volume: Any) -> list[Dataset]:
         raise InputError("the DICOM files do not match the geometry the image was read with.",
                          "Read the series again and run the model on it before writing DICOM output.")
     return datasets
+
+
+def import_highdicom(what: str) -> Any:
+    """The ``highdicom`` module, or a ConfigError saying which extra installs it (``what``: "DICOM SEG")."""
+    try:
+        import highdicom
+    except ImportError:
+        raise ConfigError(f"{what} output needs highdicom, which is not installed.",
+                          'Install it with: pip install "radfm[serve]"') from None
+    return highdicom

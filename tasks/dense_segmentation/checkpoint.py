@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,9 @@ from radfm.errors import ConfigError, InputError
 from radfm.models.encoder import RadFMEncoder
 from radfm.preprocess.plan import PreprocessPlan
 from radfm.tasks.dense_segmentation.model import RadFMForDenseSegmentation
+from radfm.weights import quiet_hub_progress
 
-__all__ = ["default_encoder_dir", "load_adapted", "load_encoder", "quiet_transformers", "resolve_encoder_dir",
+__all__ = ["default_encoder_dir", "load_adapted", "load_encoder", "resolve_encoder_dir",
            "save_adapted"]
 
 
@@ -70,20 +70,6 @@ def resolve_encoder_dir(path: str | Path | None) -> Path:
                      "Give a folder written by RadFMEncoder.save_pretrained (config.json + model.safetensors).")
 
 
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """No "Loading weights" bars from transformers: our own progress bar is the one that matters."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def load_encoder(path: str | Path | None) -> RadFMEncoder:
     """``RadFMEncoder.from_pretrained`` of a directory (``None``: the starter encoder)."""
     d = resolve_encoder_dir(path)
@@ -95,7 +81,7 @@ def load_encoder(path: str | Path | None) -> RadFMEncoder:
         raise InputError(f"{d} holds a {model_type!r} model, not a radfm encoder (model_type 'radfm_encoder').",
                          "Point --encoder at the encoder folder (e.g. radfm/starter/encoder/).")
     # float32 whatever the file holds (the starter ships bfloat16): training needs fp32 master weights.
-    with quiet_transformers():
+    with quiet_hub_progress():
         encoder = RadFMEncoder.from_pretrained(str(d), dtype=torch.float32)
     encoder.name_or_path = str(d.resolve())
     return encoder.eval()
@@ -114,7 +100,7 @@ def load_adapted(directory: str | Path, *, encoder: str | Path | None = None,
     names = {int(k): str(v) for k, v in record["label_names"].items()}
     strategy = record.get("extra", {}).get("strategy", "lora")
     if strategy == "full":
-        with quiet_transformers():
+        with quiet_hub_progress():
             model = RadFMForDenseSegmentation.from_pretrained(str(d))
     else:
         path = encoder or record.get("base_encoder", {}).get("path")
@@ -138,7 +124,7 @@ def save_adapted(model: nn.Module, strategy: str, out: Path, *, plan: Preprocess
                      base_encoder_path=enc_dir.resolve(), extra=extra)
         return
     out.mkdir(parents=True, exist_ok=True)
-    with quiet_transformers():
+    with quiet_hub_progress():
         model.save_pretrained(str(out))
     plan.save(out)
     cfg = model.config

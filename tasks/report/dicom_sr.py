@@ -74,13 +74,9 @@ def write_report_sr(draft: Any, volume: Any, path: str | Path, *, marker: str = 
     Returns:
         The path written.
     """
-    try:
-        import highdicom as hd
-    except ImportError:
-        from radfm.errors import ConfigError
+    from radfm.io.dicom import import_highdicom
 
-        raise ConfigError("DICOM SR output needs highdicom, which is not installed.",
-                          'Install it with: pip install "radfm[serve]"') from None
+    hd = import_highdicom("DICOM SR")
 
     datasets, deid = derived_sources(source_datasets(volume), deidentify=deidentify)
     findings = [s.text for s in getattr(draft, "sentences", []) if getattr(s, "section", "findings") == "findings"]

@@ -23,10 +23,8 @@ A text drafter folder *is* an LLM folder, so a backend serves it directly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +38,7 @@ from radfm.models.vlm import RadFMForReportGeneration
 from radfm.preprocess.plan import PLAN_FILENAME, PreprocessPlan
 from radfm.tasks.report.prompting import PROMPT_VERSION
 from radfm.tasks.report.tokenizer import VOLUME_TOKEN
-from radfm.weights import require_model_files
+from radfm.weights import quiet_hub_progress, require_model_files
 
 __all__ = [
     "META_FILENAME",
@@ -49,7 +47,6 @@ __all__ = [
     "build_tiny_llm",
     "default_model_dir",
     "load_report_model",
-    "quiet_hub_progress",
     "save_report_model",
 ]
 
@@ -69,20 +66,6 @@ def _save_composite(model: Any, out: Path, state: dict[str, torch.Tensor]) -> No
         model.save_pretrained(out, state_dict=state)
     finally:
         model.encoder = enc
-
-
-@contextlib.contextmanager
-def quiet_hub_progress() -> Iterator[None]:
-    """No transformers progress bars ("Loading weights", "Writing model shards") for tiny local files."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 @dataclass

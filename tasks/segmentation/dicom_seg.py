@@ -54,13 +54,9 @@ def write_dicom_seg(mask: np.ndarray, volume: Volume, path: str | Path, *, label
     Returns:
         The path written.
     """
-    try:
-        import highdicom as hd
-    except ImportError:
-        from radfm.errors import ConfigError
+    from radfm.io.dicom import import_highdicom
 
-        raise ConfigError("DICOM SEG output needs highdicom, which is not installed.",
-                          'Install it with: pip install "radfm[serve]"') from None
+    hd = import_highdicom("DICOM SEG")
     from pydicom.sr.codedict import codes
     from pydicom.uid import ExplicitVRLittleEndian
 
