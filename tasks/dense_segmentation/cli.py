@@ -64,6 +64,30 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """``radfm train dense_segmentation -c RECIPE [key=value …]``."""
+    from radfm.config import load_config
+    from radfm.tasks.dense_segmentation.recipe import DenseRecipe, run_recipe
+
+    summary = run_recipe(load_config(DenseRecipe, args.config, args.overrides))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    from radfm.training.cli import train_subparsers
+
+    t = train_subparsers(subparsers).add_parser(
+        "dense_segmentation", help="few-shot automatic segmentation: LoRA / head / full on K labelled cases "
+        "(= radfm adapt)", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  radfm train dense_segmentation -c configs/dense_segmentation/fewshot.yaml "
+               "data=cases/manifest.csv shots=3 output_dir=adapters/liver")
+    t.add_argument("-c", "--config", default=None, metavar="RECIPE.yaml",
+                   help="e.g. configs/dense_segmentation/fewshot.yaml (default: the built-in recipe)")
+    t.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. data=DIR shots=3 labels.5=liver")
+    t.set_defaults(func=_train)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``adapt`` to the ``radfm`` command."""
     p = subparsers.add_parser("adapt", help="few-shot adaptation of the encoder to a task (LoRA / head / full)",
@@ -88,3 +112,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_adapt)
+    _register_train(subparsers)

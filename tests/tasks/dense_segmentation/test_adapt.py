@@ -267,3 +267,38 @@ def test_lora_on_a_cnn_encoder_beats_the_majority_class_on_held_out_phantoms(pha
         majority.append(np.mean(list(mean_dice(np.zeros_like(ref), ref).values())))
     print(f"CNN LoRA held-out Dice {np.mean(scores):.3f} vs majority class {np.mean(majority):.3f}")
     assert np.mean(scores) >= CNN_LEARNING_BAR and np.mean(scores) > np.mean(majority) + 0.3
+
+
+def test_radfm_train_dense_segmentation_runs_the_shipped_recipe(encoder_dir, tmp_path, capsys) -> None:
+    """`radfm train dense_segmentation -c configs/…/fewshot.yaml key=value …` ends in the same adapter folder."""
+    import json
+    from pathlib import Path
+
+    from radfm.config import load_config
+    from radfm.io import save_volume
+    from radfm.tasks.dense_segmentation.cli import register
+    from radfm.tasks.dense_segmentation.recipe import DenseRecipe, run_recipe
+
+    recipe = Path(__file__).parents[3] / "configs" / "dense_segmentation" / "fewshot.yaml"
+    with pytest.raises(ConfigError, match="no data"):
+        run_recipe(load_config(DenseRecipe, recipe))
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["image,label"]
+    for seed in range(2):
+        case = make_phantom(seed, shape=(32, 32, 32), spacing=(6.0, 6.0, 6.0), n_lesions=0)
+        save_volume(case.image, data / f"ct{seed}.nii.gz")
+        save_volume(case.labels, data / f"ct{seed}_seg.nii.gz")
+        rows.append(f"ct{seed}.nii.gz,ct{seed}_seg.nii.gz")
+    (data / "manifest.csv").write_text("\n".join(rows) + "\n")
+    parser = argparse.ArgumentParser(prog="radfm")
+    register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "adapter"
+    args = parser.parse_args(["train", "dense_segmentation", "-c", str(recipe), f"data={data}", "shots=1",
+                              f"encoder={encoder_dir}", f"output_dir={out}", "steps=2", "patch_size=[16,16,16]",
+                              "labels.5=liver", "progress=false"])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["strategy"] == "lora" and len(summary["train_cases"]) == 1
+    assert read_adapter_meta(out)["label_names"] == {"0": "background", "1": "liver"}
+    assert (out / "dense_segmentation_recipe.yaml").is_file()
