@@ -40,6 +40,7 @@ from radfm.tasks.dense_segmentation.strategy import (
     default_steps,
 )
 from radfm.tasks.dense_segmentation.train import AugmentConfig, TrainConfig, fit
+from radfm.viz import save_curve
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ def adapt(
     log.info("adapt: %s, K=%d, %d classes, %.2f%% trainable, %d steps", resolved, shots, len(classes) - 1,
              trainable["percent"], cfg.steps)
     metrics = fit(model, cases, cfg, device=device, progress=progress, desc=f"adapt {resolved} K={shots}")
+    losses = metrics.pop("_losses")
     metrics["strategy"] = resolved
 
     if eval_refs:
@@ -167,6 +169,8 @@ def adapt(
              "source_ids": {str(c): ids for c, ids in sources.items()}, "trainable": trainable}
     save_adapted(model, resolved, out, plan=plan, classes=classes, task=task, enc_dir=enc_dir,
           encoder_model=encoder_model, extra=extra)
+    save_curve(out / "loss_curve.png", list(range(1, len(losses) + 1)), {"Dice + CE loss": losses},
+               xlabel="optimizer step", ylabel="training loss", title=f"adapt {resolved}, K={shots}")
     return AdaptResult(out_dir=out, metrics=metrics, trainable=trainable, strategy=resolved,
                        train_cases=[r.case_id for r in train_refs])
 

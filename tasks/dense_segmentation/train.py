@@ -169,8 +169,11 @@ def fit(
     """Train ``model`` (a radfm model, PeftModel or any ``(B,C,D,H,W) → (B,K,D,H,W)`` segmenter) in place.
 
     Returns ``{"loss_first", "loss_last" (mean of the last 10 % of steps), "seconds", "steps",
-    "seconds_per_step"}``. The same seed, cases and config give bit-identical weights (CPU).
+    "seconds_per_step"}`` and, under ``"_losses"``, every step's loss (for the loss curve).
+    The same seed, cases and config give bit-identical weights (CPU). Runs on ``accelerate``
+    (``Accelerator.prepare`` / ``backward``) like every radfm trainer.
     """
+    from accelerate import Accelerator
     from monai.losses import DiceCELoss
     from tqdm.auto import tqdm
 
@@ -180,8 +183,11 @@ def fit(
         raise ConfigError(f"steps must be >= 1, got {cfg.steps}.")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    model.to(device).train()
+    acc = Accelerator(cpu=torch.device(device).type == "cpu", mixed_precision="no")
+    model.to(acc.device).train()
+    device = acc.device
     opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    net, opt = acc.prepare(model, opt)
     warm = max(1, round(cfg.steps * cfg.warmup_fraction))
 
     def factor(step: int) -> float:
@@ -201,11 +207,11 @@ def fit(
         x, y = _augment(x, y, cfg.augment, g)
         x, y = x.to(device), y.to(device)
         with autocast(device, cfg.bf16):
-            logits = forward_logits(model, x, mid)
+            logits = forward_logits(net, x, mid)
         loss = loss_fn(logits.float(), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], 5.0)
+        acc.backward(loss)
+        acc.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], 5.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
@@ -215,4 +221,4 @@ def fit(
     model.eval()
     tail = max(1, cfg.steps // 10)
     return {"loss_first": losses[0], "loss_last": float(np.mean(losses[-tail:])), "seconds": seconds,
-            "steps": cfg.steps, "seconds_per_step": seconds / cfg.steps}
+            "steps": cfg.steps, "seconds_per_step": seconds / cfg.steps, "_losses": losses}

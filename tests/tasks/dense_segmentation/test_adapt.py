@@ -90,7 +90,7 @@ def test_same_seed_same_adapter_and_the_adapter_predicts(encoder_dir, phantoms, 
     assert 0 < first.trainable["percent"] < 100
     files = {p.name for p in first.out_dir.iterdir()}
     assert files == {"adapter_config.json", "adapter_model.safetensors", "preprocess_plan.json",
-                     "radfm_adapter.json"}
+                     "radfm_adapter.json", "loss_curve.png"}
 
     model, plan, names = load_adapted(first.out_dir)
     volume = phantoms[4].image
@@ -302,3 +302,4 @@ def test_radfm_train_dense_segmentation_runs_the_shipped_recipe(encoder_dir, tmp
     assert summary["strategy"] == "lora" and len(summary["train_cases"]) == 1
     assert read_adapter_meta(out)["label_names"] == {"0": "background", "1": "liver"}
     assert (out / "dense_segmentation_recipe.yaml").is_file()
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
