@@ -223,7 +223,9 @@ def _notes(goals: dict[str, Any], load: tuple[float, ...]) -> str:
             "(with its own noise), the input is the scan + reconstructed projection-domain noise "
             "(Poisson at 1e5 photons/mm²/view × dose + 10-count electronic noise, log, FBP of the noise; "
             "tasks/synthesis/lowdose_sim.py). Neither volume was trained on or used for validation "
-            "(training: lung1, lung1 at half resolution, aorta_ct_cropped; validation: example_ct). "
+            "(training: lung1 at 0.57, 0.76 and 1.14 mm, aorta_ct_cropped; validation: example_ct). Caveat: the "
+            "frozen shared encoder was trained (prompt segmentation, clean images at 2 mm) on example_ct_dicom; "
+            "lung2 was read by neither the encoder nor the synthesis model. "
             "The UNSEEN rows use a dose below the training range and a filter the model never saw. "
             "Metrics inside the body mask (module doc of eval/benchmarks/synthesis.py); times are wall "
             f"seconds per volume on one thread; 1-minute load average at the start {load[0]:.2f}.")

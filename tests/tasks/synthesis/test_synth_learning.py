@@ -47,7 +47,8 @@ def test_trained_model_beats_the_low_dose_input_on_a_held_out_phantom(trained) -
     out = synthesize(low, task="lowdose", model=trained).array
     mae_in = float(np.abs(low.array - clean)[body].mean())
     mae_out = float(np.abs(out - clean)[body].mean())
-    assert mae_out < 0.8 * mae_in, (mae_in, mae_out)  # measured: about 0.5x
+    print(f"held-out phantom MAE in the body: input {mae_in:.1f} HU, output {mae_out:.1f} HU")  # measured 30.4, 21.7
+    assert mae_out < 0.8 * mae_in, (mae_in, mae_out)
 
 
 @pytest.mark.slow
