@@ -107,7 +107,8 @@ def _check_task(volume: Volume, task: str, report: Any) -> None:
     want = TASKS[task]
     mod = volume.modality if volume.modality != "unknown" else report.summary.get("modality", "unknown")
     if mod != want:
-        raise InputError(f"task {task!r} takes a {want} image, but this image is {mod}.",
+        what = "of unknown modality (not recognised as CT in HU)" if mod == "unknown" else mod
+        raise InputError(f"task {task!r} takes a {want} image, but this image is {what}.",
                          f"Give a {want} in HU (or declare --modality {want} if it was detected wrongly).")
     if volume.n_channels != 1:
         raise InputError(f"task {task!r} takes one channel, the image has {volume.n_channels}.")
