@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean vllm-env pacs-env
+.PHONY: install demo test lint clean vllm-env pacs-env viewer-env
 
 $(BIN)/.radfm-installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ vllm-env:
 pacs-env:
 	bash scripts/setup_orthanc.sh
 
-test: lint vllm-env pacs-env
+# NiiVue (npm) for /viewer and Debian's chromium for its end-to-end test; best effort (skipped without it).
+viewer-env:
+	bash scripts/setup_viewer.sh
+
+test: lint vllm-env pacs-env viewer-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -36,6 +36,7 @@ from radfm.serve.security import (
     TimeoutMiddleware,
 )
 from radfm.serve.uploads import REQUEST_UPLOADS, RequestUploads, UploadLimits
+from radfm.serve.viewer import PUBLIC_PATHS, viewer_router
 
 log = logging.getLogger("radfm.serve")
 
@@ -209,6 +210,7 @@ def create_app(settings: ServeSettings, *, backend: LLMBackend | None,
             log.error("router %r not mounted: %s: %s", name, type(exc).__name__, exc)
             failed[name] = f"{type(exc).__name__}: {exc}"
     state.extras["routers"] = loaded
+    app.include_router(viewer_router())  # /viewer: static, no data; its API calls carry the key
 
     @app.get("/health", tags=["service"])
     async def health() -> dict[str, Any]:
@@ -232,6 +234,6 @@ def create_app(settings: ServeSettings, *, backend: LLMBackend | None,
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(AdmissionMiddleware, admission=admission)  # queue wait not counted in the timeout
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(APIKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=PUBLIC_PATHS)
     app.add_middleware(AccessLogMiddleware, log_details=settings.log_details)
     return app

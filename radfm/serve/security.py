@@ -117,16 +117,20 @@ async def _send_json(send: Send, status: int, body: dict[str, Any],
 
 # ------------------------------------------------------------------------------------ middlewares
 class APIKeyMiddleware:
-    """401 unless ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` matches; on every path."""
+    """401 unless ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` matches; on every path but ``public_paths``."""
 
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], public_paths: frozenset[str] = frozenset()) -> None:
         if not keys:
             raise ConfigError("the API key middleware needs at least one key.")
         self.app = app
         self.keys = keys
+        self.public_paths = public_paths  # GET only: static pages that hold no data (the viewer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "http" and scope.get("method") == "GET" and scope.get("path") in self.public_paths:
             await self.app(scope, receive, send)
             return
         supplied = _header(scope, b"x-api-key")

@@ -30,6 +30,9 @@ series only), plus ``session_id``, ``click``, ``used_previous_mask``, ``session_
 ``seconds``.
 Bad prompts → 400 with the reason.
 
+``GET /v1/sessions/{id}/image`` → the session's image as gzip NIfTI in the upload's geometry (for a
+viewer: ``/viewer`` displays it and sends clicks in world mm).
+
 ``DELETE /v1/sessions/{id}`` → 200 ``{"session_id", "deleted": true}``.
 
 An unknown, expired, evicted or deleted id → 404. Sessions expire after ``session_ttl_s`` idle and
@@ -48,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, File, Form, UploadFile
+from fastapi import APIRouter, Body, File, Form, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from radfm.errors import InputError
@@ -164,6 +167,24 @@ def session_router(state: Any) -> APIRouter:
                    expires_in_s=round(store.expires_in_s(session), 1),
                    seconds=round(time.perf_counter() - t0, 4), is_research_output=True)
         return out
+
+    @router.get("/{session_id}/image")
+    def session_image(session_id: str) -> Response:
+        """The session's image as gzip NIfTI in the upload's own geometry (what a viewer displays).
+
+        Why: a browser cannot read a zipped DICOM series; this NIfTI carries the same world RAS+
+        mm as the upload, so clicks taken on it (``coords: "world"``) land where the user clicked.
+        No header data is in it (a NIfTI holds pixels and geometry only).
+        """
+        from radfm.io import save_like
+
+        session: Session = store.get(session_id)
+        with session.use(), tempfile.TemporaryDirectory(prefix="radfm-session-image-") as tmp:
+            written = save_like(session.volume.array, session.volume, Path(tmp) / "image.nii.gz")
+            data = Path(written).read_bytes()
+        store.touch(session)
+        return Response(content=data, media_type="application/gzip",
+                        headers={"Content-Disposition": 'attachment; filename="image.nii.gz"'})
 
     @router.delete("/{session_id}")
     def delete_session(session_id: str) -> dict[str, Any]:
