@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["SHARED_DATA_ENV", "shared_data_root"]
+from radfm.errors import ConfigError
+
+__all__ = ["SHARED_DATA_ENV", "resolve_recipe_path", "shared_data_root"]
 
 #: Environment variable that points at the shared data folder.
 SHARED_DATA_ENV = "RADFM_SHARED_DATA"
@@ -31,3 +33,18 @@ def shared_data_root(path: str | Path | None = None) -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def resolve_recipe_path(name: str, what: str = "volume") -> Path:
+    """A file a recipe names: as a path, else under the shared-data root; a ConfigError otherwise.
+
+    Why an error and not a skip: a recipe must never silently train on less than it says.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    root = shared_data_root()
+    if root is not None and (root / name).exists():
+        return root / name
+    raise ConfigError(f"{what} {name!r} of the recipe was not found (as a path, nor under the shared data root "
+                      f"{root}).", "Fix `real:` in the recipe, set RADFM_SHARED_DATA, or pass real=[].")

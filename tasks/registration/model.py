@@ -42,6 +42,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from radfm.adapters.shared_encoder import ADAPTER_SUBDIR, file_sha256
 from radfm.errors import ConfigError, InputError
 from radfm.models import RadFMEncoder
 from radfm.preprocess.plan import PreprocessPlan
@@ -52,7 +53,6 @@ __all__ = ["ADAPTER_SUBDIR", "REG_TASK", "RadFMRegConfig", "RadFMRegistration", 
            "default_encoder_config", "save_registration"]
 
 #: Folder (inside a registration model directory) of the shared encoder's LoRA adapter (peft layout).
-ADAPTER_SUBDIR = "encoder_adapter"
 #: Task name written into the adapter's ``radfm_adapter.json``.
 REG_TASK = "registration"
 
@@ -286,7 +286,7 @@ class RadFMRegistration(PreTrainedModel):
         # here (it is trained and stored with the registration head); only the trunk is loaded.
         enc_cfg = {**encoder.config.to_dict(), "pyramid_channels": list(pyramid_channels)}
         config = RadFMRegConfig(encoder_config=enc_cfg, encoder_source="starter",
-                                encoder_sha256=_file_sha256(starter_encoder_path() / "model.safetensors"),
+                                encoder_sha256=file_sha256(starter_encoder_path() / "model.safetensors"),
                                 **config_kwargs)
         model = cls(config)
         trunk = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pyramid.")}
@@ -306,7 +306,7 @@ class RadFMRegistration(PreTrainedModel):
 
         encoder = load_starter_encoder(kind="cnn")
         config = RadFMRegConfig(encoder_config=encoder.config.to_dict(), encoder_source="shared",
-                                encoder_sha256=_file_sha256(starter_encoder_path("cnn") / "model.safetensors"),
+                                encoder_sha256=file_sha256(starter_encoder_path("cnn") / "model.safetensors"),
                                 **config_kwargs)
         model = cls(config)
         model.encoder.load_state_dict(encoder.state_dict())
@@ -377,7 +377,7 @@ class RadFMRegistration(PreTrainedModel):
         if model.config.encoder_source == "starter":
             from radfm.starter import load_starter_encoder, starter_encoder_path
 
-            sha = _file_sha256(starter_encoder_path() / "model.safetensors")
+            sha = file_sha256(starter_encoder_path() / "model.safetensors")
             if model.config.encoder_sha256 and sha != model.config.encoder_sha256:
                 raise ConfigError(
                     f"{path} was trained on another starter encoder (sha256 {model.config.encoder_sha256[:12]}…, "
@@ -392,26 +392,12 @@ class RadFMRegistration(PreTrainedModel):
 
 def _attach_shared_encoder(model: RadFMRegistration, path: Path, *, merge_adapter: bool) -> Any:
     """Put the shared CNN's weights into ``model.encoder`` (file SHA checked), then its adapter."""
-    from radfm.starter import load_starter_encoder, starter_encoder_path
+    from radfm.adapters.shared_encoder import attach_shared_encoder
 
-    sha = _file_sha256(starter_encoder_path("cnn") / "model.safetensors")
-    want = model.config.encoder_sha256
-    if want and sha != want:
-        raise ConfigError(
-            f"{path} was trained on another shared encoder (sha256 {want[:12]}…, installed "
-            f"radfm/starter/cnn_encoder is {sha[:12]}…).",
-            "Retrain the registration model on the installed encoder "
-            "(radfm train registration -c configs/registration/shared-cnn.yaml).")
-    model.encoder.load_state_dict(load_starter_encoder(kind="cnn").state_dict())
-    adapter = path / ADAPTER_SUBDIR
-    if not adapter.is_dir():
-        return model.eval()
-    from radfm.adapters import load_encoder_adapter
-
-    plan = model.plan
-    loaded = load_encoder_adapter(model, adapter, merge=merge_adapter)
-    (loaded.get_base_model() if hasattr(loaded, "peft_config") else loaded).plan = plan
-    return loaded
+    return attach_shared_encoder(model, path, expected_sha256=model.config.encoder_sha256,
+                                 retrain_hint="Retrain the registration model on the installed encoder "
+                                 "(radfm train registration -c configs/registration/shared-cnn.yaml).",
+                                 merge_adapter=merge_adapter)
 
 
 def save_registration(model: Any, save_directory: str | Path) -> Path:
@@ -421,29 +407,9 @@ def save_registration(model: Any, save_directory: str | Path) -> Path:
     preprocess_plan.json; a peft model's encoder LoRA goes APART into ``encoder_adapter/``
     (peft layout + ``radfm_adapter.json`` with the encoder's SHA-256, ``radfm.adapters``).
     """
-    import shutil
+    from radfm.adapters.shared_encoder import save_with_adapter_apart
 
-    out = Path(save_directory)
-    is_peft = hasattr(model, "peft_config")
-    base = model.get_base_model() if is_peft else model
-    base.save_pretrained(out)
-    adapter = out / ADAPTER_SUBDIR
-    if is_peft:
-        from radfm.adapters import save_encoder_adapter
-
-        if base.config.encoder_source != "shared":
-            raise ConfigError("an adapter saved apart needs the shared encoder (encoder_source='shared').")
-        save_encoder_adapter(model, adapter, task=REG_TASK, base_encoder="radfm/starter/cnn_encoder")
-    elif adapter.is_dir():  # a stale adapter would be applied to this model on load
-        shutil.rmtree(adapter)
-    return out
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    if hasattr(model, "peft_config") and base.config.encoder_source != "shared":
+        raise ConfigError("an adapter saved apart needs the shared encoder (encoder_source='shared').")
+    return save_with_adapter_apart(model, save_directory, task=REG_TASK)

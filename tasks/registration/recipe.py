@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from radfm.config import to_dict
+from radfm.data.shared import resolve_recipe_path
 from radfm.errors import ConfigError
 from radfm.tasks.registration.model import RadFMRegConfig, RadFMRegistration, save_registration
 from radfm.tasks.registration.train import (
@@ -107,19 +108,6 @@ def _encoder_mode(recipe: RegRecipe) -> Literal["full", "frozen", "lora"]:
     return {"starter": "frozen", "shared": "lora"}.get(recipe.encoder, "full")
 
 
-def _resolve_real(name: str) -> Path:
-    from radfm.data.shared import shared_data_root
-
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    root = shared_data_root()
-    if root is not None and (root / name).is_file():
-        return root / name
-    raise ConfigError(f"real volume {name!r} of the recipe was not found (as a path, nor under the shared "
-                      f"data root {root}).", "Fix `real:` in the recipe, set RADFM_SHARED_DATA, or pass real=[].")
-
-
 def build_subjects(recipe: RegRecipe, spacing: float) -> list[Subject]:
     """Phantom subjects (seeds ``train.seed * 1000 + i``) then the recipe's real volumes."""
     from radfm.io import load_volume
@@ -128,7 +116,7 @@ def build_subjects(recipe: RegRecipe, spacing: float) -> list[Subject]:
     subjects = phantom_subjects(range(first, first + recipe.phantoms), shape=recipe.phantom_shape,
                                 spacing=spacing)
     for name in recipe.real:
-        path = _resolve_real(name)
+        path = resolve_recipe_path(name, "real volume")
         subjects.append(subject_from_volume(load_volume(path), spacing=spacing, name=path.name))
     if not subjects:
         raise ConfigError("the recipe has no training subject.", "Set phantoms >= 1 or list real volumes.")

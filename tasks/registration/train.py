@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from radfm.models import MODALITY_IDS
 from radfm.tasks.registration import functional as RF
 from radfm.tasks.registration import losses as L
 from radfm.tasks.registration.model import RadFMRegistration, save_registration
+from radfm.training.schedule import start_processes, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -266,22 +266,12 @@ def train(model: RadFMRegistration, subjects: Sequence[Subject], cfg: TrainConfi
     """
     if not subjects:
         raise ConfigError("train() needs at least one subject.")
-    if accelerator is None:
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    rank, main = accelerator.process_index, accelerator.is_main_process
-    torch.manual_seed(cfg.seed + rank)
-    # One process keeps the historical stream (seed only), so single-process runs reproduce earlier ones.
-    rng = np.random.default_rng(cfg.seed if accelerator.num_processes == 1 else [cfg.seed, rank])
+    accelerator, _rank, main, rng = start_processes(cfg.seed, accelerator)
     model = prepare_encoder(model, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # Not passed through accelerator.prepare: its wrapper would step the schedule once per process.
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1))
-        * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(cfg.steps, 1), 1.0)))))
+    sched = warmup_cosine(opt, warmup=cfg.warmup, steps=cfg.steps)
     reg_config = (model.get_base_model() if hasattr(model, "peft_config") else model).config
     wrapped, opt = accelerator.prepare(model, opt)
     device = accelerator.device

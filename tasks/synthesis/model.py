@@ -22,7 +22,6 @@ SHA-256 is recorded and checked on load); frozen, or LoRA-adapted with the adapt
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
+from radfm.adapters.shared_encoder import ADAPTER_SUBDIR, file_sha256
 from radfm.errors import ConfigError, InputError
 from radfm.models import MODALITY_IDS, RadFMEncoder
 from radfm.preprocess.plan import CT_SOFT_CENTRE_HU, CT_SOFT_SCALE_HU, PreprocessPlan
@@ -40,7 +40,6 @@ from radfm.tasks.synthesis.config import HU_RANGE, RadFMSynthConfig
 
 __all__ = ["ADAPTER_SUBDIR", "SYNTH_TASK", "RadFMSynthesis", "save_synthesis", "window_to_hu"]
 
-ADAPTER_SUBDIR = "encoder_adapter"
 SYNTH_TASK = "synthesis"
 #: Decoder levels with fewer grid voxels than this run in float32 even under bf16 autocast.
 _BF16_MIN_VOXELS = 16**3
@@ -141,7 +140,7 @@ class RadFMSynthesis(PreTrainedModel):
 
         encoder = load_starter_encoder(kind="cnn")
         config = RadFMSynthConfig(encoder_config=encoder.config.to_dict(), encoder_source="shared",
-                                  encoder_sha256=_file_sha256(starter_encoder_path("cnn") / "model.safetensors"),
+                                  encoder_sha256=file_sha256(starter_encoder_path("cnn") / "model.safetensors"),
                                   **config_kwargs)
         model = cls(config)
         model.encoder.load_state_dict(encoder.state_dict())
@@ -175,21 +174,11 @@ class RadFMSynthesis(PreTrainedModel):
         model.plan = plan
         if model.config.encoder_source != "shared":
             return model.eval()
-        from radfm.starter import load_starter_encoder, starter_encoder_path
+        from radfm.adapters.shared_encoder import attach_shared_encoder
 
-        sha = _file_sha256(starter_encoder_path("cnn") / "model.safetensors")
-        if model.config.encoder_sha256 and sha != model.config.encoder_sha256:
-            raise ConfigError(f"{path} was trained on another shared encoder (sha256 {model.config.encoder_sha256[:12]}…, "
-                              f"installed {sha[:12]}…).", "Retrain: radfm train synthesis -c configs/synthesis/lowdose.yaml")
-        model.encoder.load_state_dict(load_starter_encoder(kind="cnn").state_dict())
-        adapter = path / ADAPTER_SUBDIR
-        if not adapter.is_dir():
-            return model.eval()
-        from radfm.adapters import load_encoder_adapter
-
-        loaded = load_encoder_adapter(model, adapter, merge=merge_adapter)
-        (loaded.get_base_model() if hasattr(loaded, "peft_config") else loaded).plan = plan
-        return loaded.eval()
+        return attach_shared_encoder(model, path, expected_sha256=model.config.encoder_sha256,
+                                     retrain_hint="Retrain: radfm train synthesis -c configs/synthesis/lowdose.yaml",
+                                     merge_adapter=merge_adapter)
 
 
 def save_synthesis(model: Any, save_directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
@@ -199,33 +188,13 @@ def save_synthesis(model: Any, save_directory: str | Path, *, dtype: torch.dtype
     ``dtype=torch.bfloat16`` stores the weights in bf16 (half the bytes; the shipped model) while
     config.json keeps ``"dtype": "float32"``, so ``from_pretrained`` builds a float32 model, as the
     shared encoder's folder does."""
-    import shutil
+    from radfm.adapters.shared_encoder import save_with_adapter_apart
 
-    out = Path(save_directory)
-    is_peft = hasattr(model, "peft_config")
-    base = model.get_base_model() if is_peft else model
-    if dtype is None:
-        base.save_pretrained(out)
-    else:
-        state = {k: v.detach().to(dtype) for k, v in base.state_dict().items()
-                 if not (base.config.encoder_source == "shared" and k.startswith("encoder."))}
-        base.save_pretrained(out, state_dict=state)
-    adapter = out / ADAPTER_SUBDIR
-    if is_peft:
-        from radfm.adapters import save_encoder_adapter
-
-        save_encoder_adapter(model, adapter, task=SYNTH_TASK, base_encoder="radfm/starter/cnn_encoder")
-    elif adapter.is_dir():
-        shutil.rmtree(adapter)
-    return out
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    state = None if dtype is None else {
+        k: v.detach().to(dtype) for k, v in base.state_dict().items()
+        if not (base.config.encoder_source == "shared" and k.startswith("encoder."))}
+    return save_with_adapter_apart(model, save_directory, task=SYNTH_TASK, state_dict=state)
 
 
 def pad16(n: int) -> int:

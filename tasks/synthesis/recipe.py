@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from radfm.config import to_dict
+from radfm.data.shared import resolve_recipe_path
 from radfm.errors import ConfigError
 from radfm.tasks.synthesis.data import NoiseBank, build_bank, phantom_hu, volume_hu
 from radfm.tasks.synthesis.model import RadFMSynthConfig, RadFMSynthesis, save_synthesis
@@ -78,19 +79,6 @@ def build_model(recipe: SynthRecipe) -> RadFMSynthesis:
     return RadFMSynthesis(RadFMSynthConfig(**kw))
 
 
-def _resolve(name: str) -> Path:
-    from radfm.data.shared import shared_data_root
-
-    path = Path(name).expanduser()
-    if path.exists():
-        return path
-    root = shared_data_root()
-    if root is not None and (root / name).exists():
-        return root / name
-    raise ConfigError(f"CT {name!r} of the recipe was not found (as a path, nor under the shared data root "
-                      f"{root}).", "Fix `real:` in the recipe, set RADFM_SHARED_DATA, or pass real=[].")
-
-
 def build_banks(recipe: SynthRecipe, names: list[str], *, first_seed: int, phantoms: int = 0) -> list[NoiseBank]:
     """Noise banks of ``names`` (seed ``first_seed + index``) then of ``phantoms`` phantoms."""
     from radfm.io import load_volume
@@ -100,7 +88,7 @@ def build_banks(recipe: SynthRecipe, names: list[str], *, first_seed: int, phant
           "cache_dir": recipe.cache_dir}
     for i, name in enumerate(names):
         path, _, zoom = name.partition("@")
-        volume = load_volume(_resolve(path), modality="CT")
+        volume = load_volume(resolve_recipe_path(path, "CT"), modality="CT")
         hu, spacing = volume_hu(volume, in_plane_zoom=float(zoom or 1.0))
         banks.append(build_bank(name, hu, spacing, seed=first_seed + i, **kw))
     for i in range(phantoms):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from radfm.errors import ConfigError
 from radfm.preprocess.plan import CT_SOFT_CENTRE_HU, CT_SOFT_SCALE_HU
 from radfm.tasks.synthesis.data import NoiseBank, sample_batch
 from radfm.tasks.synthesis.model import RadFMSynthesis, hu_to_window, save_synthesis
+from radfm.training.schedule import start_processes, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +113,12 @@ def train(model: RadFMSynthesis, banks: Sequence[NoiseBank], cfg: TrainConfig, *
 
     if not banks:
         raise ConfigError("train() needs at least one noise bank.")
-    if accelerator is None:
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    rank, main = accelerator.process_index, accelerator.is_main_process
-    torch.manual_seed(cfg.seed + rank)
-    rng = np.random.default_rng(cfg.seed if accelerator.num_processes == 1 else [cfg.seed, rank])
+    accelerator, _rank, main, rng = start_processes(cfg.seed, accelerator)
     model = prepare_encoder(model, cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1))
-        * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / max(cfg.steps, 1), 1.0)))))
+    sched = warmup_cosine(opt, warmup=cfg.warmup, steps=cfg.steps)
     wrapped, opt = accelerator.prepare(model, opt)
     device = accelerator.device
     ssim = SSIMLoss(spatial_dims=2, data_range=2.0, win_size=7)
