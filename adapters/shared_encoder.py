@@ -19,7 +19,7 @@ from torch import nn
 import radfm  # noqa: F401  (installs the torchvision shim before peft imports it)
 from radfm.errors import ConfigError
 
-__all__ = ["ADAPTER_SUBDIR", "SHARED_ENCODER_REF", "attach_shared_encoder", "file_sha256",
+__all__ = ["ADAPTER_SUBDIR", "SHARED_ENCODER_REF", "attach_shared_encoder", "build_on_shared_encoder", "file_sha256",
            "save_with_adapter_apart", "shared_encoder_sha256"]
 
 ADAPTER_SUBDIR = "encoder_adapter"
@@ -40,6 +40,18 @@ def shared_encoder_sha256(kind: str = "cnn") -> str:
     from radfm.starter import starter_encoder_path
 
     return file_sha256(starter_encoder_path(kind) / "model.safetensors")
+
+
+def build_on_shared_encoder(model_cls: Any, config_cls: Any, **config_kwargs: Any) -> Any:
+    """A new task model around the shared CNN encoder: its weights loaded, its file SHA-256 recorded."""
+    from radfm.starter import load_starter_encoder
+
+    encoder = load_starter_encoder(kind="cnn")
+    config = config_cls(encoder_config=encoder.config.to_dict(), encoder_source="shared",
+                        encoder_sha256=shared_encoder_sha256("cnn"), **config_kwargs)
+    model = model_cls(config)
+    model.encoder.load_state_dict(encoder.state_dict())
+    return model
 
 
 def attach_shared_encoder(model: nn.Module, path: Path, *, expected_sha256: str | None, retrain_hint: str,

@@ -8,12 +8,13 @@ warm-up + cosine schedule the same in every task.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["start_processes", "warmup_cosine"]
+__all__ = ["start_processes", "start_recipe_run", "warmup_cosine"]
 
 
 def start_processes(seed: int, accelerator: Any = None) -> tuple[Any, int, bool, np.random.Generator]:
@@ -43,3 +44,14 @@ def warmup_cosine(opt: torch.optim.Optimizer, *, warmup: int, steps: int,
         return ramp * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s / max(steps, 1), 1.0))))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def start_recipe_run(*, threads: int | None, cpu: bool, seed: int, output_dir: str | Path) -> tuple[Any, Path]:
+    """``(accelerator, output folder)`` of a recipe run: torch threads set, the model-building seed fixed."""
+    from accelerate import Accelerator
+
+    if threads:
+        torch.set_num_threads(threads)
+    accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available())
+    torch.manual_seed(seed)
+    return accelerator, Path(output_dir)

@@ -302,15 +302,9 @@ class RadFMRegistration(PreTrainedModel):
         Train it with ``encoder_mode="lora"`` (LoRA saved apart by :func:`save_registration`) or
         ``"frozen"``; the checkpoint never holds encoder weights.
         """
-        from radfm.starter import load_starter_encoder, starter_encoder_path
+        from radfm.adapters.shared_encoder import build_on_shared_encoder
 
-        encoder = load_starter_encoder(kind="cnn")
-        config = RadFMRegConfig(encoder_config=encoder.config.to_dict(), encoder_source="shared",
-                                encoder_sha256=file_sha256(starter_encoder_path("cnn") / "model.safetensors"),
-                                **config_kwargs)
-        model = cls(config)
-        model.encoder.load_state_dict(encoder.state_dict())
-        return model
+        return build_on_shared_encoder(cls, RadFMRegConfig, **config_kwargs)
 
     def export_merged(self, save_directory: str | Path) -> Path:
         """Export: one self-contained checkpoint with the (merged) encoder inside (``encoder_source=None``).

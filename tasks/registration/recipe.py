@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 import yaml
 
 from radfm.config import to_dict
@@ -140,14 +139,11 @@ def _save_curve(out: Path, history: dict[str, Any]) -> Path:
 
 def run_recipe(recipe: RegRecipe) -> Path:
     """Train as ``recipe`` says; returns ``output_dir/model`` (a registration model directory)."""
-    from accelerate import Accelerator
+    from radfm.training.schedule import start_recipe_run
 
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
-    accelerator = Accelerator(cpu=recipe.cpu or not torch.cuda.is_available())
-    out = Path(recipe.output_dir)
+    accelerator, out = start_recipe_run(threads=recipe.threads, cpu=recipe.cpu, seed=recipe.train.seed,
+                                        output_dir=recipe.output_dir)
     model_dir = out / "model"
-    torch.manual_seed(recipe.train.seed)
     model = build_model(recipe)
     mode = _encoder_mode(recipe)
     cfg = TrainConfig(**{**vars(recipe.train), "encoder_mode": mode})

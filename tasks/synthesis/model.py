@@ -32,7 +32,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
-from radfm.adapters.shared_encoder import ADAPTER_SUBDIR, file_sha256
+from radfm.adapters.shared_encoder import ADAPTER_SUBDIR
 from radfm.errors import ConfigError, InputError
 from radfm.models import MODALITY_IDS, RadFMEncoder
 from radfm.preprocess.plan import CT_SOFT_CENTRE_HU, CT_SOFT_SCALE_HU, PreprocessPlan
@@ -136,15 +136,9 @@ class RadFMSynthesis(PreTrainedModel):
     @classmethod
     def from_shared_encoder(cls, **config_kwargs: Any) -> RadFMSynthesis:
         """A new model on radfm's shared CNN encoder (weights loaded, file SHA-256 recorded); decoder fresh."""
-        from radfm.starter import load_starter_encoder, starter_encoder_path
+        from radfm.adapters.shared_encoder import build_on_shared_encoder
 
-        encoder = load_starter_encoder(kind="cnn")
-        config = RadFMSynthConfig(encoder_config=encoder.config.to_dict(), encoder_source="shared",
-                                  encoder_sha256=file_sha256(starter_encoder_path("cnn") / "model.safetensors"),
-                                  **config_kwargs)
-        model = cls(config)
-        model.encoder.load_state_dict(encoder.state_dict())
-        return model
+        return build_on_shared_encoder(cls, RadFMSynthConfig, **config_kwargs)
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
         """config.json + model.safetensors (no shared-encoder weights) + preprocess_plan.json."""

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
 from radfm.config import to_dict
@@ -100,16 +99,12 @@ def build_banks(recipe: SynthRecipe, names: list[str], *, first_seed: int, phant
 
 def run_recipe(recipe: SynthRecipe) -> Path:
     """Train as ``recipe`` says; returns ``output_dir/model``."""
-    from accelerate import Accelerator
-
+    from radfm.training.schedule import start_recipe_run
     from radfm.viz import save_curve
 
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
-    accelerator = Accelerator(cpu=recipe.cpu or not torch.cuda.is_available())
-    out = Path(recipe.output_dir)
+    accelerator, out = start_recipe_run(threads=recipe.threads, cpu=recipe.cpu, seed=recipe.train.seed,
+                                        output_dir=recipe.output_dir)
     model_dir = out / "model"
-    torch.manual_seed(recipe.train.seed)
     model = build_model(recipe)
     seed0 = recipe.train.seed * 1000
     banks = build_banks(recipe, list(recipe.real), first_seed=seed0, phantoms=recipe.phantoms)

@@ -212,22 +212,28 @@ def test_cli_parses_and_names_bad_directories(encoder_dir, tmp_path) -> None:
         parser.parse_args(["adapt", "registration", "--data", "x", "--shots", "1"])
 
 
-def test_cli_adapts_a_manifest_folder(encoder_dir, tmp_path, capsys) -> None:
-    """End to end through files: NIfTI cases listed in a manifest, `radfm adapt segmentation`."""
-    import json
-
+def _manifest_folder(data, n: int):
+    """``n`` phantom CTs with their label maps as NIfTI, listed in ``manifest.csv`` (image,label)."""
     from radfm.io import save_volume
-    from radfm.tasks.dense_segmentation.cli import register
 
-    data = tmp_path / "data"
     data.mkdir()
     rows = ["image,label"]
-    for seed in range(3):
+    for seed in range(n):
         case = make_phantom(seed, shape=(32, 32, 32), spacing=(6.0, 6.0, 6.0), n_lesions=0)
         save_volume(case.image, data / f"ct{seed}.nii.gz")
         save_volume(case.labels, data / f"ct{seed}_seg.nii.gz")
         rows.append(f"ct{seed}.nii.gz,ct{seed}_seg.nii.gz")
     (data / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return data
+
+
+def test_cli_adapts_a_manifest_folder(encoder_dir, tmp_path, capsys) -> None:
+    """End to end through files: NIfTI cases listed in a manifest, `radfm adapt segmentation`."""
+    import json
+
+    from radfm.tasks.dense_segmentation.cli import register
+
+    data = _manifest_folder(tmp_path / "data", 3)
     parser = argparse.ArgumentParser(prog="radfm")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["adapt", "segmentation", "--data", str(data), "--shots", "2", "--encoder", encoder_dir,
@@ -275,22 +281,13 @@ def test_radfm_train_dense_segmentation_runs_the_shipped_recipe(encoder_dir, tmp
     from pathlib import Path
 
     from radfm.config import load_config
-    from radfm.io import save_volume
     from radfm.tasks.dense_segmentation.cli import register
     from radfm.tasks.dense_segmentation.recipe import DenseRecipe, run_recipe
 
     recipe = Path(__file__).parents[3] / "configs" / "dense_segmentation" / "fewshot.yaml"
     with pytest.raises(ConfigError, match="no data"):
         run_recipe(load_config(DenseRecipe, recipe))
-    data = tmp_path / "data"
-    data.mkdir()
-    rows = ["image,label"]
-    for seed in range(2):
-        case = make_phantom(seed, shape=(32, 32, 32), spacing=(6.0, 6.0, 6.0), n_lesions=0)
-        save_volume(case.image, data / f"ct{seed}.nii.gz")
-        save_volume(case.labels, data / f"ct{seed}_seg.nii.gz")
-        rows.append(f"ct{seed}.nii.gz,ct{seed}_seg.nii.gz")
-    (data / "manifest.csv").write_text("\n".join(rows) + "\n")
+    data = _manifest_folder(tmp_path / "data", 2)
     parser = argparse.ArgumentParser(prog="radfm")
     register(parser.add_subparsers(dest="command"))
     out = tmp_path / "adapter"
