@@ -35,6 +35,7 @@ __all__ = [
     "machine_info",
     "machine_line",
     "markdown_table",
+    "parse_with_threads",
     "publish",
     "timed",
     "write_section",
@@ -352,3 +353,14 @@ def publish(args: argparse.Namespace, name: str, *, title: str, command: str, ro
         print(row)
     print(notes)
     return results
+
+
+def parse_with_threads(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser`` given ``--threads N`` (torch's choice when absent), ``argv`` parsed, torch's threads set."""
+    import torch
+
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(list(argv or []))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args

@@ -23,7 +23,14 @@ from typing import Any
 
 import torch
 
-from radfm.eval.benchreport import add_output_args, default_md_path, machine_info, timed, write_section
+from radfm.eval.benchreport import (
+    add_output_args,
+    default_md_path,
+    machine_info,
+    parse_with_threads,
+    timed,
+    write_section,
+)
 from radfm.models import RadFMEncoder, RadFMEncoderConfig
 
 NAME = "encoder"
@@ -59,7 +66,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="token patch size (default: 8 16 16 → 512 tokens for the default size)")
     p.add_argument("--batch", type=int, default=1, help="volumes per forward (default: 1)")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--pyramid", action="store_true", help="also build the dense feature pyramid")
     add_output_args(p)
     return p
@@ -70,9 +76,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    args = _parser().parse_args(list(argv or []))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_with_threads(_parser(), argv)
     cfg = RadFMEncoderConfig.from_preset(args.preset, patch_size=tuple(args.patch))
     model = RadFMEncoder(cfg).eval()
     x = torch.randn(args.batch, cfg.in_channels, *args.size)

@@ -35,7 +35,13 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from radfm.data.shared import shared_data_root
-from radfm.eval.benchreport import add_output_args, default_md_path, machine_info, write_section
+from radfm.eval.benchreport import (
+    add_output_args,
+    default_md_path,
+    machine_info,
+    parse_with_threads,
+    write_section,
+)
 from radfm.io import load_volume
 from radfm.io.volume import Volume
 from radfm.models import RadFMEncoder, RadFMEncoderConfig
@@ -157,15 +163,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--voxels", type=int, default=12000, help="probe voxels per half")
     p.add_argument("--normalization", choices=("auto", "percentile"), default="auto",
                    help="intensity map for every feature set (auto: the shipped encoder's training map)")
-    p.add_argument("--threads", type=int, default=None)
     add_output_args(p)
     return p
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
-    args = _parser().parse_args(list(argv or []))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_with_threads(_parser(), argv)
     root = shared_data_root(str(args.data) if args.data else None)
     if root is None or not root.is_dir():
         raise SystemExit("../shared/data not found: pass --data DIR")
