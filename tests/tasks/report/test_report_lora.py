@@ -9,7 +9,6 @@ import torch
 
 from radfm.adapters import LoraSpec, attach_llm_lora, save_llm_adapter
 from radfm.errors import ConfigError
-
 from radfm.tasks.report.model import load_report_model
 from radfm.tasks.report.train import LoraSettings, add_lora, merge_lora
 
