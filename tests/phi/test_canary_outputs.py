@@ -170,7 +170,7 @@ def client(tmp_path_factory: pytest.TempPathFactory):
 
     starter = default_model_dir()
     tmp = tmp_path_factory.mktemp("canary-serve")
-    app = create_app(ServeSettings(api_keys=(KEY,), tmp_dir=tmp, routers=("segmentation", "report")),
+    app = create_app(ServeSettings(api_keys=(KEY,), tmp_dir=tmp, routers=("segmentation", "report", "synthesis")),
                      backend=TransformersBackend(starter / "llm"), model_dirs={"report": starter})
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c, tmp
@@ -199,13 +199,16 @@ def test_upload_routes_leak_no_canary(inputs, client, caplog, capfd) -> None:
     r = http.post(f"/v1/sessions/{session.get('session_id')}/segment", headers=AUTH,
                   json={"points": [[64, 64, 5]], "return_mask": "dicom-seg", "deidentify": True})
     answers.append(("session-seg", r.status_code, r.content))
+    r = http.get(f"/v1/sessions/{session.get('session_id')}/image", headers=AUTH)  # raw gzip NIfTI
+    answers.append(("session-image", r.status_code, r.content + gzip.decompress(r.content)))
+    post("synthesize", "/v1/synthesize", paths["series"], task="lowdose")
     for b in BROKEN:
         post(f"segment-{b}", "/v1/segment", paths[b], points=POINT)
         post(f"session-{b}", "/v1/sessions", paths[b])
         post(f"report-{b}", "/v1/report", paths[b], max_new_tokens="16")
     status = {name: code for name, code, _ in answers}
     assert all(status[n] == 200 for n in ("segment", "segment-file", "session", "session-click", "report",
-                                          "segment-seg", "session-seg")), status
+                                          "segment-seg", "session-seg", "session-image", "synthesize")), status
     assert all(400 <= code < 500 for name, code, _ in answers if name.split("-", 1)[-1] in BROKEN), status
     leaks = {name: hits for name, _, body in answers if (hits := c.find(_decoded(body), dates=True))}
     assert leaks == {}
