@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_pretrain", "load_pretrain_config", "register", "train_subparsers"]
+__all__ = ["add_recipe_trainer", "cmd_pretrain", "load_pretrain_config", "register", "train_subparsers"]
 
 _DESCRIPTION = """\
 Pretrain the shared 3D encoder without labels (masked autoencoding: 75% of the 3D patches of
@@ -55,6 +56,19 @@ def train_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubPar
                                           "`radfm train pretrain` is `radfm pretrain`.")
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
     return p.add_subparsers(dest="train_task", metavar="TASK")
+
+
+def add_recipe_trainer(subparsers: argparse._SubParsersAction, name: str, *, help: str, description: str,
+                       examples: list[str], config_help: str, overrides_help: str,
+                       func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """``radfm train NAME [-c RECIPE.yaml] [key.sub=value …]``: the one shape of every task's trainer."""
+    t = train_subparsers(subparsers).add_parser(
+        name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples))
+    t.add_argument("-c", "--config", default=None, metavar="RECIPE.yaml", help=config_help)
+    t.add_argument("overrides", nargs="*", metavar="key.sub=value", help=overrides_help)
+    t.set_defaults(func=func)
+    return t
 
 
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None, *,

@@ -75,17 +75,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
-    from radfm.training.cli import train_subparsers
+    from radfm.training.cli import add_recipe_trainer
 
-    t = train_subparsers(subparsers).add_parser(
-        "dense_segmentation", help="few-shot automatic segmentation: LoRA / head / full on K labelled cases "
-        "(= radfm adapt)", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  radfm train dense_segmentation -c configs/dense_segmentation/fewshot.yaml "
-               "data=cases/manifest.csv shots=3 output_dir=adapters/liver")
-    t.add_argument("-c", "--config", default=None, metavar="RECIPE.yaml",
-                   help="e.g. configs/dense_segmentation/fewshot.yaml (default: the built-in recipe)")
-    t.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. data=DIR shots=3 labels.5=liver")
-    t.set_defaults(func=_train)
+    add_recipe_trainer(
+        subparsers, "dense_segmentation",
+        help="few-shot automatic segmentation: LoRA / head / full on K labelled cases (= radfm adapt)",
+        description=_DESCRIPTION, func=_train,
+        examples=["radfm train dense_segmentation -c configs/dense_segmentation/fewshot.yaml "
+                  "data=cases/manifest.csv shots=3 output_dir=adapters/liver"],
+        config_help="e.g. configs/dense_segmentation/fewshot.yaml (default: the built-in recipe)",
+        overrides_help="e.g. data=DIR shots=3 labels.5=liver")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -126,16 +126,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
     """``radfm train registration -c RECIPE [key=value …]`` under the core's ``radfm train`` group."""
-    from radfm.training.cli import train_subparsers
+    from radfm.training.cli import add_recipe_trainer
 
-    t = train_subparsers(subparsers).add_parser(
-        "registration", help="the deformable registration model (simulated pairs with known fields)",
-        description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  radfm train registration -c configs/registration/starter.yaml\n"
-               "  radfm train registration -c configs/registration/starter.yaml train.steps=300 "
-               "output_dir=runs/reg")
-    t.add_argument("-c", "--config", default=None, metavar="RECIPE.yaml",
-                   help="e.g. configs/registration/starter.yaml (default: the built-in recipe)")
-    t.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="e.g. train.steps=300 output_dir=runs/x real=[]")
-    t.set_defaults(func=_train)
+    add_recipe_trainer(
+        subparsers, "registration", help="the deformable registration model (simulated pairs with known fields)",
+        description=TRAIN_HELP, func=_train,
+        examples=["radfm train registration -c configs/registration/starter.yaml",
+                  "radfm train registration -c configs/registration/starter.yaml train.steps=300 output_dir=runs/reg"],
+        config_help="e.g. configs/registration/starter.yaml (default: the built-in recipe)",
+        overrides_help="e.g. train.steps=300 output_dir=runs/x real=[]")

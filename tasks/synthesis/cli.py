@@ -72,13 +72,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
-    from radfm.training.cli import train_subparsers
+    from radfm.training.cli import add_recipe_trainer
 
-    t = train_subparsers(subparsers).add_parser(
-        "synthesis", help="the low-dose CT denoiser (SIMULATED low-dose noise on real CTs)",
-        description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  radfm train synthesis -c configs/synthesis/lowdose.yaml\n"
-               "  radfm train synthesis -c configs/synthesis/lowdose.yaml train.steps=50 output_dir=runs/s")
-    t.add_argument("-c", "--config", default=None, metavar="RECIPE.yaml", help="e.g. configs/synthesis/lowdose.yaml")
-    t.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. train.steps=50 real=[] phantoms=2")
-    t.set_defaults(func=_train)
+    add_recipe_trainer(
+        subparsers, "synthesis", help="the low-dose CT denoiser (SIMULATED low-dose noise on real CTs)",
+        description=TRAIN_HELP, func=_train,
+        examples=["radfm train synthesis -c configs/synthesis/lowdose.yaml",
+                  "radfm train synthesis -c configs/synthesis/lowdose.yaml train.steps=50 output_dir=runs/s"],
+        config_help="e.g. configs/synthesis/lowdose.yaml", overrides_help="e.g. train.steps=50 real=[] phantoms=2")
